@@ -1,0 +1,7 @@
+"""``python -m medkd`` (also what ``torchrun -m medkd`` runs)."""
+
+import sys
+
+from medkd.cli import main
+
+sys.exit(main())

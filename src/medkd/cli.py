@@ -1,0 +1,196 @@
+"""The ``medkd`` command line (typer).
+
+Verbs read like sentences: ``medkd data synth OUT``, ``medkd train CONFIG``, ``medkd evaluate RUN``,
+``medkd predict RUN INPUT --out DIR``, ``medkd demo``. Errors a user can cause print one line
+(``error: <what and where>``) and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from medkd.errors import MedkdError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Knowledge distillation for medical image segmentation.")
+data_app = typer.Typer(no_args_is_help=True, help="Make, check and inspect datasets.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Argument(..., help="folder to create (nnU-Net v2 raw layout)"),
+    dim: int = typer.Option(2, "--dim", help="2 (H x W x 1 images) or 3 (volumes)"),
+    cases: int = typer.Option(48, "--cases", min=1),
+    sites: int = typer.Option(3, "--sites", min=1, help="acquisition sites with different scanners"),
+    modalities: int = typer.Option(1, "--modalities", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    size: str | None = typer.Option(None, "--size", help="e.g. 128x128 or 64x64x48"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Generate a synthetic multi-site phantom dataset (deterministic from --seed)."""
+    from medkd.data.synthetic import generate_dataset
+
+    if dim not in (2, 3):
+        raise MedkdError(f"--dim {dim}: must be 2 or 3")
+    shape = _parse_size(size, "--size") if size else None
+    generate_dataset(out, dim=dim, cases=cases, sites=sites, modalities=modalities, seed=seed, size=shape,
+                     overwrite=overwrite)
+    typer.echo(f"wrote {cases} {dim}D cases from {sites} site(s), {modalities} modality(ies) to {out}")
+
+
+@app.command("train")
+def train_cmd(
+    config: Path = typer.Argument(..., help="run config (YAML)"),
+    out: Path | None = typer.Option(None, "--out", help="run folder (default: runs/<name>)"),
+    resume: bool = typer.Option(False, "--resume", help="continue a killed run from its last checkpoint"),
+    set_: list[str] = typer.Option([], "--set", help="override a config key, e.g. --set train.epochs=5"),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)"),
+    evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="evaluate on the test split afterwards"),
+) -> None:
+    """Train a teacher, a student alone, or a student distilled from a frozen teacher."""
+    from medkd.config import load_config
+    from medkd.train.distributed import distributed_context
+    from medkd.train.run_folder import resolve_paths
+    from medkd.train.trainer import train
+
+    cfg = resolve_paths(load_config(config, set_))
+    run_dir = out or Path("runs") / cfg.name
+    with distributed_context(device) as ctx:
+        result = train(cfg, run_dir, resume=resume, device=ctx.device, rank=ctx.rank, world_size=ctx.world_size)
+        if ctx.rank == 0:
+            best = "n/a" if result.best_val_dice is None else f"{result.best_val_dice:.4f}"
+            typer.echo(f"trained {cfg.name}: {result.epochs} epochs, best val Dice {best} "
+                       f"(epoch {result.best_epoch}) -> {run_dir}")
+            if evaluate:
+                _print_summary(_evaluate(run_dir, None, ctx.device))
+
+
+def _evaluate(run_dir: Path, split: str | None, device: str | None) -> dict:
+    from medkd.evaluate.runner import evaluate_run
+
+    return evaluate_run(run_dir, split, device)
+
+
+def _print_summary(summary: dict) -> None:
+    fg = summary["foreground_mean"]
+    parts = [f"{m} {fg[m]['mean']:.4f}" for m in ("dice", "iou") if fg[m]["mean"] is not None]
+    hd = fg["hd95"]["mean"]
+    if hd is not None:
+        parts.append(f"HD95 {hd:.2f} mm")
+    typer.echo(f"{summary['run']} [{summary['split']}, {summary['n_cases']} cases]: " + ", ".join(parts))
+    for name, block in summary["classes"].items():
+        d = block["dice"]
+        if d["mean"] is not None:
+            typer.echo(f"  {name:>16}: Dice {d['mean']:.4f} ± {d['std']:.4f} (n={d['n']}, "
+                       f"both empty {d['n_both_empty']})")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run_dir: Path = typer.Argument(..., help="a run folder"),
+    split: str | None = typer.Option(None, "--split", help="train, val or test (default: the config's)"),
+    device: str | None = typer.Option(None, "--device"),
+    save_predictions: bool = typer.Option(False, "--save-predictions"),
+) -> None:
+    """Per-case and per-class Dice, IoU, precision, recall and HD95 on whole volumes."""
+    from medkd.evaluate.runner import evaluate_run
+
+    if split is not None and split not in ("train", "val", "test"):
+        raise MedkdError(f"--split {split!r}: must be train, val or test")
+    _print_summary(evaluate_run(run_dir, split, device, save_predictions=save_predictions))
+
+
+@app.command("predict")
+def predict_cmd(
+    run_dir: Path = typer.Argument(..., help="a trained run folder"),
+    inputs: list[Path] = typer.Argument(..., help="NIfTI files or folders"),
+    out: Path = typer.Option(..., "--out", help="output folder for label maps"),
+    device: str | None = typer.Option(None, "--device"),
+) -> None:
+    """Segment NIfTI images; outputs keep the input's affine and shape."""
+    from medkd.predict import predict_files
+
+    written = predict_files(run_dir, inputs, out, device)
+    typer.echo(f"wrote {len(written)} label map(s) to {out}")
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("medkd_demo"), "--out", help="output folder"),
+    quick: bool = typer.Option(False, "--quick", help="a much shorter run (for tests)"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """The whole story on synthetic data: teacher, student alone, distilled student, report."""
+    from medkd.demo import run_demo
+
+    run_demo(out, quick=quick, seed=seed)
+
+
+@app.command("models")
+def models_cmd(
+    pattern: str = typer.Argument("*", help="glob over model names"),
+    efficiency: bool = typer.Option(False, "--efficiency", help="also measure checkpoint size and CPU latency"),
+    input_size: str = typer.Option("1x256x256", "--input", help="C x H x W (or C x D x H x W)"),
+    out: Path | None = typer.Option(None, "--out", help="write JSON + markdown here"),
+) -> None:
+    """List the model zoo: role, dimensions, parameters and GFLOPs."""
+    from medkd.models.efficiency import models_cli
+
+    typer.echo(models_cli(pattern, efficiency, input_size, out))
+
+
+@app.command("losses")
+def losses_cmd() -> None:
+    """List the distillation losses and the taps each needs."""
+    from medkd.distill.losses import list_losses, loss_info
+
+    for name in list_losses():
+        info = loss_info(name)
+        typer.echo(f"{name:<20} {info.get('description', '')}")
+        taps = info.get("taps") or info.get("student_taps")
+        if taps:
+            typer.echo(f"{'':<20} taps: {', '.join(taps) if not isinstance(taps, str) else taps}")
+
+
+def _parse_size(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise MedkdError(f"{option} {text!r}: expected sizes like 128x128") from None
+    if not values or min(values) < 1:
+        raise MedkdError(f"{option} {text!r}: sizes must be positive")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning user errors into one line and exit status 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except MedkdError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    except SystemExit as exc:  # typer/click exits (e.g. --help)
+        return int(exc.code or 0)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

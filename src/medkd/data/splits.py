@@ -1,0 +1,113 @@
+"""Train / val / test splits of case ids: an explicit split file or a seeded grouped random split.
+
+Every run records the split it used (``split.json`` in the run folder), so which cases it trained and
+tested on is never in doubt.
+
+Example:
+    >>> split = make_split(index, SplitConfig(val=0.2, test=0.2, seed=0))
+    >>> sorted(split)
+    ['test', 'train', 'val']
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from medkd.config import SplitConfig
+from medkd.data.formats import DatasetIndex
+from medkd.errors import ConfigError, DataError
+
+__all__ = ["case_group", "make_split", "read_split_file", "subsample_cases"]
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def case_group(case_id: str, pattern: str | None) -> str:
+    """Group key of a case: the first match of ``pattern`` in its id (or the id itself)."""
+    if not pattern:
+        return case_id
+    m = re.search(pattern, case_id)
+    return m.group(0) if m else case_id
+
+
+def read_split_file(path: Path, index: DatasetIndex) -> dict[str, list[str]]:
+    """Read a JSON split file with ``train`` / ``val`` / ``test`` lists of case ids."""
+    if not path.is_file():
+        raise DataError(f"{path}: split file not found")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise DataError(f"{path}: not valid JSON") from None
+    if not isinstance(data, dict) or "train" not in data:
+        raise DataError(f"{path}: expected an object with 'train' (and 'val', 'test') lists of case ids")
+    known = {c.case_id for c in index.cases}
+    split = {}
+    for name in SPLIT_NAMES:
+        ids = [str(i) for i in data.get(name, [])]
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise DataError(f"{path}: '{name}' names case {unknown[0]!r}, which is not in {index.root}")
+        split[name] = ids
+    return split
+
+
+def make_split(index: DatasetIndex, cfg: SplitConfig) -> dict[str, list[str]]:
+    """Split the dataset's labelled cases into train / val / test.
+
+    ``cfg.file`` wins when given. Otherwise cases (grouped by ``cfg.group_pattern`` so that e.g. two
+    frames of one patient stay together) are shuffled with ``cfg.seed``; ``cfg.test_sites`` sends whole
+    sites to the test part (leave-site-out).
+    """
+    if cfg.file:
+        path = Path(cfg.file)
+        if not path.is_absolute():
+            path = index.root / path if (index.root / path).exists() else path
+        return read_split_file(path, index)
+    labelled = [c for c in index.cases if c.label_file is not None]
+    if cfg.test_sites:
+        unknown = [s for s in cfg.test_sites if s not in index.sites]
+        if unknown:
+            raise ConfigError(f"data.split.test_sites: site {unknown[0]!r} not in dataset (sites: {index.sites})")
+        test = [c.case_id for c in labelled if c.site in cfg.test_sites]
+        rest = [c.case_id for c in labelled if c.site not in cfg.test_sites]
+        groups = _groups(rest, cfg.group_pattern)
+        rng = np.random.default_rng(cfg.seed)
+        order = rng.permutation(len(groups))
+        n_val = int(round(cfg.val * len(groups)))
+        val = [i for g in order[:n_val] for i in groups[g]]
+        train = [i for g in order[n_val:] for i in groups[g]]
+        return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+    groups = _groups([c.case_id for c in labelled], cfg.group_pattern)
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(groups))
+    n_test = int(round(cfg.test * len(groups)))
+    n_val = int(round(cfg.val * len(groups)))
+    if len(groups) - n_test - n_val < 1:
+        raise ConfigError(f"data.split: {len(groups)} case groups leave no training cases "
+                          f"(val={cfg.val}, test={cfg.test})")
+    test = [i for g in order[:n_test] for i in groups[g]]
+    val = [i for g in order[n_test:n_test + n_val] for i in groups[g]]
+    train = [i for g in order[n_test + n_val:] for i in groups[g]]
+    return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+
+
+def _groups(case_ids: list[str], pattern: str | None) -> list[list[str]]:
+    by_group: dict[str, list[str]] = {}
+    for cid in sorted(case_ids):
+        by_group.setdefault(case_group(cid, pattern), []).append(cid)
+    return [by_group[k] for k in sorted(by_group)]
+
+
+def subsample_cases(case_ids: list[str], fraction: float, seed: int, group_pattern: str | None = None) -> list[str]:
+    """A seeded subset of ``fraction`` of the case groups (at least one), e.g. thesis B's 50% student data."""
+    if fraction >= 1.0:
+        return list(case_ids)
+    groups = _groups(case_ids, group_pattern)
+    rng = np.random.default_rng(seed + 7919)
+    keep = max(1, int(round(fraction * len(groups))))
+    chosen = sorted(rng.permutation(len(groups))[:keep])
+    return sorted(i for g in chosen for i in groups[g])

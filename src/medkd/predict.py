@@ -1,0 +1,106 @@
+"""``medkd predict``: label maps for NIfTI images, written with the input's affine and shape.
+
+Inputs are NIfTI files or folders of them. Files named like nnU-Net channels (``<case>_0000.nii.gz``,
+``<case>_0001.nii.gz``) are grouped into one multi-channel case; any other file is one case (a 4D file
+holds its channels on the last axis). Output: ``OUT/<case>.nii.gz`` with the dataset's label values.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from medkd.data.nifti_io import read_nifti, write_nifti
+from medkd.data.pipeline import normalise
+from medkd.errors import DataError, MedkdError
+from medkd.inference import predict_volume
+from medkd.train.run_folder import load_run_model
+
+__all__ = ["collect_inputs", "predict_files"]
+
+_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})\.nii(\.gz)?$")
+_NIFTI = re.compile(r"\.nii(\.gz)?$")
+
+
+def _case_name(path: Path) -> str:
+    return _NIFTI.sub("", path.name)
+
+
+def collect_inputs(inputs: Sequence[str | Path], n_channels: int) -> dict[str, list[Path]]:
+    """Group input files into cases: case id -> channel files (or one multi-channel file)."""
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if _NIFTI.search(f.name))
+            if not found:
+                raise DataError(f"{p}: no .nii / .nii.gz files in folder")
+            files.extend(found)
+        elif p.is_file():
+            if not _NIFTI.search(p.name):
+                raise DataError(f"{p}: not a NIfTI file (.nii or .nii.gz)")
+            files.append(p)
+        else:
+            raise DataError(f"{p}: input not found")
+    cases: dict[str, list[Path]] = {}
+    for f in files:
+        m = _CHANNEL.match(f.name)
+        if m is not None and n_channels > 1:
+            cases.setdefault(m["case"], []).append(f)
+        else:
+            cases.setdefault(m["case"] if m is not None else _case_name(f), []).append(f)
+    for cid, fs in cases.items():
+        fs.sort()
+        if len(fs) not in (1, n_channels):
+            raise DataError(f"{fs[0]}: case {cid!r} has {len(fs)} channel files, the model reads {n_channels}")
+    return cases
+
+
+def _load_case(files: list[Path], n_channels: int) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    if len(files) == n_channels:
+        arrays = [read_nifti(f) for f in files]
+        shape = arrays[0][0].shape
+        for f, (a, _) in zip(files, arrays):
+            if a.shape != shape:
+                raise DataError(f"{f}: shape {a.shape} differs from {files[0].name} {shape}")
+        return np.stack([a for a, _ in arrays]).astype(np.float32), arrays[0][1], shape
+    data, affine = read_nifti(files[0])
+    if data.ndim < 4 or data.shape[-1] != n_channels:
+        raise DataError(f"{files[0]}: expected {n_channels} channels on the last axis, got shape {data.shape}")
+    return np.moveaxis(data, -1, 0).astype(np.float32), affine, data.shape[:-1]
+
+
+def predict_files(run_dir: str | Path, inputs: Sequence[str | Path], out_dir: str | Path,
+                  device: str | None = None, progress: bool = True) -> list[Path]:
+    """Predict every input case with a run's best weights; returns the written files."""
+    model, cfg = load_run_model(Path(run_dir))
+    info = json.loads((Path(run_dir) / "split.json").read_text())
+    n_channels = len(info["channels"])
+    dataset_json = Path(info["dataset"]) / "dataset.json"
+    label_values = list(range(len(info["classes"])))
+    if dataset_json.is_file():
+        from medkd.data.formats import read_dataset
+
+        label_values = sorted(read_dataset(info["dataset"], cfg.data.format).labels.values())
+    cases = collect_inputs(inputs, n_channels)
+    out_dir = Path(out_dir)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(dev)
+    loaded = {cid: _load_case(files, n_channels) for cid, files in cases.items()}  # validate all before writing
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for cid, (image, affine, shape) in tqdm(loaded.items(), desc="predict", disable=not progress, leave=False):
+        if not np.isfinite(image).all():
+            raise MedkdError(f"{cases[cid][0]}: image contains NaN or Inf voxels")
+        probs = predict_volume(model, normalise(image, cfg.data.normalize), cfg.data.dim, cfg.data.size,
+                               cfg.data.volume_size, cfg.evaluate.batch_size, cfg.evaluate.sw_overlap, dev)
+        pred = np.asarray(label_values)[probs.argmax(0).numpy()].astype(np.uint8)
+        assert pred.shape == tuple(shape)
+        written.append(write_nifti(out_dir / f"{cid}.nii.gz", pred, affine=affine))
+    return written

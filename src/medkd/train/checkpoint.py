@@ -1,0 +1,165 @@
+"""Checkpoints: safetensors weights plus a JSON trainer state, written atomically.
+
+Layout inside a run's ``checkpoints/`` folder::
+
+    e0007/model.safetensors      network weights only (what export and predict read)
+    e0007/extras.safetensors     trainable distillation extras (adapters, heads, affinity weights)
+    e0007/optimizer.safetensors  optimiser / RNG tensors
+    e0007/state.json             epoch, step, optimiser and scheduler scalars, best metric
+    last.json                    pointer to the newest complete epoch folder (replaced atomically)
+    best.safetensors, best.json  weights of the best validation epoch
+
+An epoch folder is written under a temporary name and renamed when complete, and ``last.json`` is
+switched only afterwards, so a run killed at any moment resumes from the last complete epoch.
+No pickle is ever loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from medkd.errors import MedkdError
+from medkd.io import atomic_write, atomic_write_json
+
+__all__ = [
+    "flatten_state",
+    "load_checkpoint",
+    "load_model_weights",
+    "save_best",
+    "save_checkpoint",
+    "save_weights",
+    "unflatten_state",
+]
+
+
+def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Atomically save a flat tensor dict as safetensors (tensors made contiguous, shared storage split)."""
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata or {}))
+
+
+def load_model_weights(model: torch.nn.Module, path: Path, strict: bool = True) -> None:
+    """Load safetensors weights into ``model`` with a clear error when they do not fit."""
+    path = Path(path)
+    if not path.is_file():
+        raise MedkdError(f"{path}: checkpoint not found")
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises several error types for corrupt files
+        raise MedkdError(f"{path}: not a readable safetensors checkpoint ({exc.__class__.__name__})") from None
+    try:
+        model.load_state_dict(state, strict=strict)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise MedkdError(f"{path}: weights do not fit the model ({detail})") from None
+
+
+def flatten_state(obj: Any, prefix: str = "") -> tuple[dict[str, torch.Tensor], Any]:
+    """Split a nested state (dicts / lists / tensors / scalars) into tensors and a JSON skeleton.
+
+    Tensors are replaced by ``{"__tensor__": key}`` markers so :func:`unflatten_state` can rebuild it.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(o: Any, key: str) -> Any:
+        if isinstance(o, torch.Tensor):
+            tensors[key] = o
+            return {"__tensor__": key}
+        if isinstance(o, dict):
+            return {"__dict__": [[_json_key(k), walk(v, f"{key}.{k}")] for k, v in o.items()]}
+        if isinstance(o, (list, tuple)):
+            return [walk(v, f"{key}.{i}") for i, v in enumerate(o)]
+        if isinstance(o, float) and math.isnan(o):
+            return {"__float__": "nan"}
+        if isinstance(o, (int, float, str, bool)) or o is None:
+            return o
+        raise TypeError(f"cannot serialise {type(o).__name__} at {key}")
+
+    skeleton = walk(obj, prefix or "s")
+    return tensors, skeleton
+
+
+def _json_key(k: Any) -> Any:
+    if isinstance(k, (int, str)):
+        return k
+    raise TypeError(f"unsupported state key {k!r}")
+
+
+def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`flatten_state`."""
+    if isinstance(skeleton, dict):
+        if "__tensor__" in skeleton:
+            return tensors[skeleton["__tensor__"]]
+        if "__float__" in skeleton:
+            return float(skeleton["__float__"])
+        return {k: unflatten_state(v, tensors) for k, v in skeleton["__dict__"]}
+    if isinstance(skeleton, list):
+        return [unflatten_state(v, tensors) for v in skeleton]
+    return skeleton
+
+
+def save_checkpoint(ckpt_dir: Path, epoch: int, model_state: dict[str, torch.Tensor],
+                    extras_state: dict[str, torch.Tensor], trainer_state: dict[str, Any], keep: int = 1) -> Path:
+    """Write a complete epoch checkpoint and switch ``last.json`` to it.
+
+    Args:
+        ckpt_dir: the run's ``checkpoints/`` folder.
+        epoch: number of completed epochs.
+        model_state: network weights.
+        extras_state: distillation extras (may be empty).
+        trainer_state: nested dict with optimiser / scheduler / RNG state and counters (tensors allowed).
+        keep: how many epoch folders to keep.
+    """
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    name = f"e{epoch:04d}"
+    final = ckpt_dir / name
+    tmp = ckpt_dir / f".{name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in extras_state.items()},
+              str(tmp / "extras.safetensors"))
+    tensors, skeleton = flatten_state(trainer_state)
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(tmp / "optimizer.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(skeleton))
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    atomic_write_json(ckpt_dir / "last.json", {"epoch": epoch, "dir": name})
+    epochs = sorted(p for p in ckpt_dir.glob("e[0-9][0-9][0-9][0-9]") if p.is_dir())
+    for old in epochs[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(ckpt_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]] | None:
+    """Load the newest complete checkpoint: (model state, extras state, trainer state), or None if absent."""
+    pointer = ckpt_dir / "last.json"
+    if not pointer.is_file():
+        return None
+    try:
+        info = json.loads(pointer.read_text())
+        folder = ckpt_dir / info["dir"]
+        model = load_file(str(folder / "model.safetensors"))
+        extras = load_file(str(folder / "extras.safetensors"))
+        tensors = load_file(str(folder / "optimizer.safetensors"))
+        skeleton = json.loads((folder / "state.json").read_text())
+    except (OSError, KeyError, json.JSONDecodeError, Exception) as exc:
+        raise MedkdError(f"{pointer}: checkpoint unreadable ({exc.__class__.__name__}); "
+                         "start the run again without --resume") from None
+    return model, extras, unflatten_state(skeleton, tensors)
+
+
+def save_best(ckpt_dir: Path, model_state: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+    """Save the best-so-far weights (model only) and their epoch / metric."""
+    save_weights(ckpt_dir / "best.safetensors", model_state)
+    atomic_write_json(ckpt_dir / "best.json", info)

@@ -1,0 +1,302 @@
+"""One training loop for teachers, students alone, and students distilled from a frozen teacher.
+
+The loss of a step is ``seg_loss.weight * L_seg`` (+ ``recon_weight * MSE(recon, x)`` for multi-task
+networks) + the weighted distillation terms of ``distill.terms``. The teacher is frozen (eval mode,
+``requires_grad=False``, never in the optimiser). Distillation extras (adapters, projection heads) are
+trained with the student by descent; adaptive affinity weights by ascent (a second optimiser with
+``maximize=True``). Seeded and deterministic on CPU; a killed run resumes from its last complete epoch
+and ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from medkd.config import RunConfig
+from medkd.data.augment import augment_batch
+from medkd.data.loader import build_bundle, build_train_source, iter_batches
+from medkd.data.pipeline import prepare_cases
+from medkd.errors import ConfigError, MedkdError
+from medkd.io import atomic_write_json
+from medkd.train.checkpoint import load_checkpoint, save_best, save_checkpoint
+from medkd.train.run_folder import RunFolder, build_network, load_teacher
+from medkd.train.validation import validate
+
+__all__ = ["TrainResult", "train"]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs: int
+    best_epoch: int | None
+    best_val_dice: float | None
+    final_loss: float
+
+
+def _make_optimizer(cfg: RunConfig, params: list[torch.nn.Parameter], maximize: bool = False) -> torch.optim.Optimizer:
+    o = cfg.train.optimizer
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay, maximize=maximize)
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, maximize=maximize)
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, maximize=maximize)
+    return torch.optim.RMSprop(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, maximize=maximize)
+
+
+def _make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, total_steps: int) -> Any:
+    s = cfg.train.scheduler
+    if s.name == "none":
+        return None
+    if s.name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps), eta_min=s.min_lr)
+    if s.name == "poly":
+        return torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=max(1, total_steps), power=0.9)
+    if s.name == "cyclic":
+        return torch.optim.lr_scheduler.CyclicLR(opt, base_lr=s.min_lr, max_lr=cfg.train.optimizer.lr,
+                                                 step_size_up=s.step_size, cycle_momentum=False)
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=s.factor, patience=s.patience)
+
+
+def _autocast(cfg: RunConfig, device: torch.device):
+    if cfg.train.amp == "none":
+        return torch.autocast(device.type, enabled=False)
+    dtype = torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | None = None,
+          rank: int = 0, world_size: int = 1) -> TrainResult:
+    """Train the network of ``cfg`` into ``run_dir`` (see the module docstring).
+
+    Args:
+        cfg: validated run config.
+        run_dir: the run folder (created; must be empty or a resumable run of the same config).
+        resume: continue from ``checkpoints/last.json``.
+        device: torch device string; default CUDA when available, else CPU.
+        rank: process rank under torchrun (0 alone).
+        world_size: number of processes.
+    """
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    folder = RunFolder(run_dir)
+    is_main = rank == 0
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.seed)
+    if dev.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    state = load_checkpoint(folder.checkpoints) if resume else None
+    if resume and state is None and folder.has_started() and is_main:
+        # nothing complete yet: start over in the same folder
+        folder.reset_logs()
+    if not resume and folder.has_started():
+        raise MedkdError(f"{run_dir}: run folder already holds a run; use --resume or another --out")
+
+    bundle = build_bundle(cfg)
+    folder.prepare(cfg, bundle, is_main)
+
+    student = build_network(cfg.model, len(bundle.channels), bundle.num_classes, cfg.data.dim).to(dev)
+    teacher = None
+    if cfg.distill is not None:
+        teacher = load_teacher(cfg.distill.teacher, len(bundle.teacher_channels or []), bundle.num_classes,
+                               cfg.data.dim).to(dev)
+
+    source = build_train_source(cfg, bundle)
+    val_cases = prepare_cases(bundle.index, bundle.split["val"], bundle.channels, cfg.data.normalize) \
+        if bundle.split["val"] else []
+    stu_pos = bundle.positions(bundle.channels)
+    tea_pos = bundle.positions(bundle.teacher_channels) if bundle.teacher_channels else None
+
+    from medkd.distill.segmentation import create_seg_loss
+    from medkd.models import FeatureTapper, tap_specs
+
+    seg_loss = create_seg_loss(cfg.train.seg_loss.name, bundle.num_classes)
+    has_recon = "reconstruction" in tap_specs(student)
+    objective, s_taps, t_taps = None, [], []
+    if cfg.distill is not None:
+        from medkd.distill.objective import DistillObjective
+
+        objective = DistillObjective.from_config(cfg.distill.terms).to(dev)
+        s_taps = sorted(set(objective.student_taps()) | {"logits"})
+        t_taps = sorted(set(objective.teacher_taps()) | {"logits"})
+    elif has_recon:
+        s_taps = ["logits", "reconstruction"]
+    if has_recon and "reconstruction" not in s_taps:
+        s_taps.append("reconstruction")
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    # one dummy forward sizes the distillation adapters before the optimiser exists
+    probe_images, _ = source.samples(torch.arange(min(2, len(source))), gen)
+    if objective is not None:
+        with torch.no_grad(), FeatureTapper(student, s_taps) as ts, FeatureTapper(teacher, t_taps) as tt:
+            student.eval()
+            student(probe_images[:, stu_pos].to(dev))
+            teacher(probe_images[:, tea_pos].to(dev))
+            objective.setup(dict(ts.features), dict(tt.features))
+        objective.to(dev)
+
+    descent = list(student.parameters()) + (list(objective.descent_parameters()) if objective else [])
+    ascent = list(objective.ascent_parameters()) if objective else []
+    optimizer = _make_optimizer(cfg, descent)
+    ascent_opt = _make_optimizer(cfg, ascent, maximize=True) if ascent else None
+    per_epoch = len(source) // (cfg.train.batch_size * world_size)
+    if cfg.train.max_steps_per_epoch:
+        per_epoch = min(per_epoch, cfg.train.max_steps_per_epoch)
+    if per_epoch < 1:
+        raise ConfigError(f"train.batch_size {cfg.train.batch_size}: larger than the {len(source)} training samples")
+    scheduler = _make_scheduler(cfg, optimizer, per_epoch * cfg.train.epochs)
+
+    start_epoch, step, best = 0, 0, {"epoch": None, "val_dice": -math.inf}
+    if state is not None:
+        model_state, extras_state, tstate = state
+        student.load_state_dict(model_state)
+        if objective is not None:
+            objective.load_state_dict(extras_state)
+        optimizer.load_state_dict(tstate["optimizer"])
+        if ascent_opt is not None:
+            ascent_opt.load_state_dict(tstate["ascent_optimizer"])
+        if scheduler is not None and tstate.get("scheduler") is not None:
+            scheduler.load_state_dict(tstate["scheduler"])
+        torch.set_rng_state(tstate["torch_rng"])
+        start_epoch, step, best = tstate["epoch"], tstate["step"], tstate["best"]
+        if is_main:
+            folder.truncate_metrics(start_epoch)
+
+    ddp_student = student
+    if world_size > 1:
+        ddp_student = torch.nn.parallel.DistributedDataParallel(student)
+
+    final_loss = float("nan")
+    t_start = time.time()
+    for epoch in range(start_epoch, cfg.train.epochs):
+        student.train()
+        if objective is not None:
+            objective.train()
+        epoch_gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+        bar = tqdm(total=per_epoch, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
+                   disable=not (cfg.train.progress and is_main), dynamic_ncols=True)
+        totals: dict[str, float] = {}
+        for images, labels in iter_batches(source, cfg.train.batch_size, epoch_gen, rank, world_size, per_epoch):
+            batch = {"image": images[:, stu_pos], "label": labels}
+            if tea_pos is not None:
+                batch["teacher_image"] = images[:, tea_pos]
+            batch = augment_batch(batch, cfg.data.augment, epoch_gen)
+            batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+            logs = _step(cfg, ddp_student, student, teacher, objective, seg_loss, s_taps, t_taps, batch,
+                         optimizer, ascent_opt, dev)
+            if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step()
+            step += 1
+            logs["lr"] = optimizer.param_groups[0]["lr"]
+            for k, v in logs.items():
+                totals[k] = totals.get(k, 0.0) + v
+            if is_main:
+                folder.log({"kind": "step", "epoch": epoch + 1, "step": step, **logs})
+            bar.set_postfix(loss=f"{logs['loss']:.4f}")
+            bar.update(1)
+        bar.close()
+        means = {k: v / per_epoch for k, v in totals.items()}
+        final_loss = means.get("loss", float("nan"))
+        if not math.isfinite(final_loss):
+            raise MedkdError(f"{cfg.name}: training loss became {final_loss} in epoch {epoch + 1}; "
+                             "lower train.optimizer.lr or check the data")
+        record: dict[str, Any] = {"kind": "epoch", "epoch": epoch + 1, "step": step,
+                                  **{f"train_{k}": v for k, v in means.items()},
+                                  "elapsed_s": round(time.time() - t_start, 2)}
+        do_val = val_cases and ((epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs)
+        if do_val:
+            val = validate(student, val_cases, cfg, bundle.num_classes, dev)
+            record["val_dice"] = val
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(val)
+            if best["epoch"] is None or (math.isfinite(val) and val > best["val_dice"]):
+                best = {"epoch": epoch + 1, "val_dice": val}
+                if is_main:
+                    save_best(folder.checkpoints, student.state_dict(), best)
+        elif not val_cases and is_main:
+            best = {"epoch": epoch + 1, "val_dice": None}
+            save_best(folder.checkpoints, student.state_dict(), best)
+        if is_main:
+            folder.log(record)
+            trainer_state = {
+                "epoch": epoch + 1, "step": step, "best": best,
+                "optimizer": optimizer.state_dict(),
+                "ascent_optimizer": ascent_opt.state_dict() if ascent_opt else None,
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "torch_rng": torch.get_rng_state(),
+            }
+            save_checkpoint(folder.checkpoints, epoch + 1, student.state_dict(),
+                            objective.state_dict() if objective is not None else {}, trainer_state)
+            if cfg.train.progress:
+                val_txt = f" val Dice {record['val_dice']:.4f}" if "val_dice" in record else ""
+                tqdm.write(f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}: loss {final_loss:.4f}{val_txt}")
+    if is_main:
+        atomic_write_json(folder.path / "train_summary.json", {
+            "epochs": cfg.train.epochs, "steps": step, "best": best, "final_train_loss": final_loss,
+            "train_seconds": round(time.time() - t_start, 2), "device": str(dev), "world_size": world_size,
+        })
+    best_val = best.get("val_dice")
+    return TrainResult(folder.path, cfg.train.epochs, best.get("epoch"),
+                       None if best_val is None or not math.isfinite(best_val) else float(best_val), final_loss)
+
+
+def _step(cfg: RunConfig, model: torch.nn.Module, student: torch.nn.Module, teacher: torch.nn.Module | None,
+          objective: torch.nn.Module | None, seg_loss: torch.nn.Module, s_taps: list[str], t_taps: list[str],
+          batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+          ascent_opt: torch.optim.Optimizer | None, dev: torch.device) -> dict[str, float]:
+    from medkd.models import FeatureTapper, normalize_output
+
+    optimizer.zero_grad(set_to_none=True)
+    if ascent_opt is not None:
+        ascent_opt.zero_grad(set_to_none=True)
+    logs: dict[str, float] = {}
+    with _autocast(cfg, dev):
+        if s_taps:
+            with FeatureTapper(student, s_taps) as tapper:
+                model(batch["image"])
+                s_feats = dict(tapper.features)
+            logits = s_feats["logits"]
+        else:
+            logits = normalize_output(model(batch["image"]))
+            s_feats = {"logits": logits}
+        seg = seg_loss(logits.float(), batch["label"])
+        loss = cfg.train.seg_loss.weight * seg
+        logs["seg"] = float(seg.detach())
+        if "reconstruction" in s_feats:
+            recon = torch.nn.functional.mse_loss(s_feats["reconstruction"].float(), batch["image"].float())
+            loss = loss + cfg.train.seg_loss.recon_weight * recon
+            logs["recon_mse"] = float(recon.detach())
+        if teacher is not None and objective is not None:
+            with torch.no_grad(), FeatureTapper(teacher, t_taps) as tt:
+                teacher(batch["teacher_image"])
+                t_feats = {k: v.detach() for k, v in tt.features.items()}
+            distill, terms = objective(s_feats, t_feats, batch)
+            loss = loss + distill
+            for name, value in terms.items():
+                logs[f"kd/{name}"] = float(value.detach())
+    loss.backward()
+    if cfg.train.grad_clip:
+        torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.train.grad_clip)
+    optimizer.step()
+    if ascent_opt is not None:
+        ascent_opt.step()
+    logs["loss"] = float(loss.detach())
+    return logs
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """All records of a run's ``metrics.jsonl``."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
