@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
     torch.manual_seed(cfg.seed)
     if dev.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
+        # CPU kernels flagged by torch (e.g. max_unpool) are deterministic in practice on CPU
+        warnings.filterwarnings("ignore", message=".*does not have a deterministic implementation.*")
 
     state = load_checkpoint(folder.checkpoints) if resume else None
     if resume and state is None and folder.has_started() and is_main:

@@ -1,0 +1,91 @@
+"""Report figures (PNG): training curves and a qualitative panel of contours.
+
+The qualitative panel follows paper A's Figure 3 convention: reference contour in red, prediction
+contour in green, over the image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from medkd.io import atomic_write  # noqa: E402
+
+__all__ = ["plot_qualitative", "plot_training_curves"]
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_training_curves(histories: Mapping[str, Sequence[Mapping]], path: Path) -> Path:
+    """Training loss and validation Dice per epoch for several runs.
+
+    Args:
+        histories: run label -> that run's epoch records (``metrics.jsonl`` lines with ``kind == "epoch"``).
+        path: PNG to write.
+    """
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for label, records in histories.items():
+        epochs = [r["epoch"] for r in records]
+        seg = [r.get("train_seg", r.get("train_loss")) for r in records]
+        ax_loss.plot(epochs, seg, marker="o", ms=3, label=label)
+        val = [(r["epoch"], r["val_dice"]) for r in records if r.get("val_dice") is not None]
+        if val:
+            ax_val.plot(*zip(*val), marker="o", ms=3, label=label)
+    ax_loss.set(xlabel="epoch", ylabel="segmentation loss (train)", title="Training loss")
+    ax_val.set(xlabel="epoch", ylabel="mean foreground Dice (val volumes)", title="Validation Dice")
+    for ax in (ax_loss, ax_val):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_qualitative(image_slices: Sequence[np.ndarray], reference: Sequence[np.ndarray],
+                     predictions: Mapping[str, Sequence[np.ndarray]], path: Path,
+                     row_labels: Sequence[str] | None = None) -> Path:
+    """Rows = cases (one 2D slice each); columns = image + reference, then each model's prediction.
+
+    Reference contours are red, prediction contours green (every foreground class outlined).
+
+    Args:
+        image_slices: 2D intensity images.
+        reference: 2D label maps.
+        predictions: model label -> 2D label maps, one per row.
+        path: PNG to write.
+        row_labels: optional text per row (e.g. case id and site).
+    """
+    n_rows, n_cols = len(image_slices), 1 + len(predictions)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.6 * n_cols, 2.6 * n_rows), squeeze=False)
+    for r in range(n_rows):
+        img = image_slices[r]
+        lo, hi = np.percentile(img, [1, 99])
+        panels = [("reference", reference[r], "red")] + [(k, v[r], "lime") for k, v in predictions.items()]
+        for c, (title, labels, colour) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(img.T, cmap="gray", vmin=lo, vmax=hi, origin="lower")
+            for value in np.unique(reference[r]):
+                if value == 0:
+                    continue
+                ax.contour((reference[r] == value).T.astype(float), levels=[0.5], colors="red", linewidths=0.8)
+            if c > 0:
+                for value in np.unique(labels):
+                    if value == 0:
+                        continue
+                    ax.contour((labels == value).T.astype(float), levels=[0.5], colors=colour, linewidths=0.8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=9)
+            if c == 0 and row_labels is not None:
+                ax.set_ylabel(row_labels[r], fontsize=8)
+    fig.suptitle("reference in red, prediction in green", fontsize=9)
+    return _save(fig, path)
