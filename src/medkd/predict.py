@@ -62,16 +62,29 @@ def collect_inputs(inputs: Sequence[str | Path], n_channels: int) -> dict[str, l
     return cases
 
 
+def _spatial(array: np.ndarray, path: Path) -> np.ndarray:
+    """One channel's voxels as a 3D array (a 2D image gets a trailing axis of 1)."""
+    if array.ndim == 4 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3:
+        raise DataError(f"{path}: expected a single-channel 2D or 3D image, got shape {array.shape}")
+    return array
+
+
 def _load_case(files: list[Path], n_channels: int) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    """Channels-first image, affine and the original voxel shape of one input case."""
     if len(files) == n_channels:
         arrays = [read_nifti(f) for f in files]
-        shape = arrays[0][0].shape
-        for f, (a, _) in zip(files, arrays):
-            if a.shape != shape:
-                raise DataError(f"{f}: shape {a.shape} differs from {files[0].name} {shape}")
-        return np.stack([a for a, _ in arrays]).astype(np.float32), arrays[0][1], shape
+        original = arrays[0][0].shape
+        volumes = [_spatial(a, f) for f, (a, _) in zip(files, arrays)]
+        for f, v in zip(files, volumes):
+            if v.shape != volumes[0].shape:
+                raise DataError(f"{f}: shape {v.shape} differs from {files[0].name} {volumes[0].shape}")
+        return np.stack(volumes).astype(np.float32), arrays[0][1], original
     data, affine = read_nifti(files[0])
-    if data.ndim < 4 or data.shape[-1] != n_channels:
+    if data.ndim != 4 or data.shape[-1] != n_channels:
         raise DataError(f"{files[0]}: expected {n_channels} channels on the last axis, got shape {data.shape}")
     return np.moveaxis(data, -1, 0).astype(np.float32), affine, data.shape[:-1]
 
@@ -100,7 +113,6 @@ def predict_files(run_dir: str | Path, inputs: Sequence[str | Path], out_dir: st
             raise MedkdError(f"{cases[cid][0]}: image contains NaN or Inf voxels")
         probs = predict_volume(model, normalise(image, cfg.data.normalize), cfg.data.dim, cfg.data.size,
                                cfg.data.volume_size, cfg.evaluate.batch_size, cfg.evaluate.sw_overlap, dev)
-        pred = np.asarray(label_values)[probs.argmax(0).numpy()].astype(np.uint8)
-        assert pred.shape == tuple(shape)
+        pred = np.asarray(label_values)[probs.argmax(0).numpy()].astype(np.uint8).reshape(shape)
         written.append(write_nifti(out_dir / f"{cid}.nii.gz", pred, affine=affine))
     return written

@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny synthetic datasets and run configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from medkd.config import parse_config
+
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _small_threads():
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture(scope="session")
+def synth2d(tmp_path_factory) -> Path:
+    """16 tiny 2D synthetic cases from 2 sites (created once per test session)."""
+    from medkd.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("synth") / "synth2d"
+    generate_dataset(root, dim=2, cases=16, sites=2, modalities=1, seed=0, size=(48, 48))
+    return root
+
+
+@pytest.fixture(scope="session")
+def synth2d_mm(tmp_path_factory) -> Path:
+    """12 tiny 2D synthetic cases with 2 modalities."""
+    from medkd.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("synth") / "synth2d_mm"
+    generate_dataset(root, dim=2, cases=12, sites=2, modalities=2, seed=1, size=(48, 48))
+    return root
+
+
+def tiny_config(root: Path, **overrides) -> dict:
+    """A small 2D run config dict on ``root`` (override sections by keyword)."""
+    cfg = {
+        "name": "tiny",
+        "seed": 0,
+        "data": {"root": str(root), "dim": 2, "size": [32, 32], "split": {"val": 0.2, "test": 0.2, "seed": 0}},
+        "model": {"name": "unet_s1"},
+        "train": {"epochs": 2, "batch_size": 4, "optimizer": {"name": "adam", "lr": 0.003}, "progress": False},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def tiny_run_config(root: Path, **overrides):
+    return parse_config(tiny_config(root, **overrides))
+
+
+@pytest.fixture
+def make_config():
+    """Factory fixture: ``make_config(root, **section_overrides)`` -> config dict."""
+    return tiny_config
+
+
+@pytest.fixture
+def make_run_config():
+    """Factory fixture: ``make_run_config(root, **section_overrides)`` -> RunConfig."""
+    return tiny_run_config
