@@ -34,14 +34,14 @@ def data_synth(
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
     """Generate a synthetic multi-site phantom dataset (deterministic from --seed)."""
-    from medkd.data.synthetic import generate_dataset
+    from medkd.data.synthetic import generate_dataset, load_summary
 
     if dim not in (2, 3):
         raise MedkdError(f"--dim {dim}: must be 2 or 3")
     shape = _parse_size(size, "--size") if size else None
-    generate_dataset(out, dim=dim, cases=cases, sites=sites, modalities=modalities, seed=seed, size=shape,
-                     overwrite=overwrite)
-    typer.echo(f"wrote {cases} {dim}D cases from {sites} site(s), {modalities} modality(ies) to {out}")
+    path = generate_dataset(out, dim=dim, cases=cases, sites=sites, modalities=modalities, seed=seed, size=shape,
+                            overwrite=overwrite)
+    typer.echo(str(load_summary(path)))
 
 
 @app.command("train")
