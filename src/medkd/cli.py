@@ -44,6 +44,23 @@ def data_synth(
     typer.echo(str(load_summary(path)))
 
 
+@data_app.command("check")
+def data_check(
+    root: Path = typer.Argument(..., help="dataset folder (nnU-Net v2, MSD, site folders or PNG pairs)"),
+    format: str = typer.Option("auto", "--format", help="nnunet, msd, site_folders, png_pairs or auto"),
+    max_cases: int | None = typer.Option(None, "--max-cases", min=1, help="check only the first N cases"),
+) -> None:
+    """Read every case and report counts, channels, labels, shapes, spacings, sites and problems."""
+    from medkd.data.check import check_dataset
+
+    report = check_dataset(root, format, max_cases=max_cases)
+    typer.echo(report.summary())
+    for problem in report.problems:
+        typer.echo(f"problem: {problem}", err=True)
+    if report.problems:
+        raise MedkdError(f"{root}: {len(report.problems)} problem(s); fix them before training")
+
+
 @app.command("train")
 def train_cmd(
     config: Path = typer.Argument(..., help="run config (YAML)"),
@@ -180,13 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except SystemExit as exc:  # typer/click exits (e.g. --help)
         return int(exc.code or 0)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:  # usage errors from click (typer may vendor its own copy of click)
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
             exc.show()
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
+            return int(exc.exit_code)
+        if type(exc).__name__ == "Abort":
             return 1
         raise
     return 0

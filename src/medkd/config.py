@@ -31,6 +31,7 @@ __all__ = [
     "RunConfig",
     "SchedulerConfig",
     "SegLossConfig",
+    "SimulateSitesConfig",
     "SplitConfig",
     "TeacherConfig",
     "TrainConfig",
@@ -46,11 +47,19 @@ class _Strict(BaseModel):
 
 
 class SplitConfig(_Strict):
-    """How cases are split into train / val / test.
+    """How cases are split into train / val / test (see :mod:`medkd.data.protocols`).
 
-    Either an explicit ``file`` (JSON with ``train`` / ``val`` / ``test`` lists of case ids, relative to
-    the dataset root unless absolute) or a seeded random split by ``val`` and ``test`` fractions.
-    ``group_by`` keeps cases sharing an id prefix (e.g. ``patient001``) in the same part.
+    In order of precedence:
+
+    * ``file``: an explicit JSON with ``train`` / ``val`` / ``test`` lists of case ids (relative to the
+      dataset root unless absolute), e.g. ACDC's ``splits.json``;
+    * ``folds`` / ``fold``: seeded k-fold cross-validation over case groups (nnU-Net's convention: KFold with
+      shuffling, seed ``fold_seed`` = 12345, over sorted ids); fold ``fold`` is the test part and ``val`` of the
+      remaining groups is held out for validation;
+    * ``test_sites``: leave-site(s)-out: those sites are the test part, ``val`` of the other groups validate;
+    * otherwise a seeded random split by ``val`` and ``test`` fractions.
+
+    ``group_pattern`` (a regular expression, e.g. ``patient\\d+``) keeps cases sharing a match in the same part.
     """
 
     file: str | None = None
@@ -59,6 +68,29 @@ class SplitConfig(_Strict):
     seed: int = 0
     group_pattern: str | None = None
     test_sites: list[str] | None = None
+    folds: int | None = Field(None, ge=2, description="k of k-fold cross-validation")
+    fold: int = Field(0, ge=0, description="which fold is the test part (0..folds-1)")
+    fold_seed: int = Field(12345, description="shuffle seed of the k-fold split (nnU-Net uses 12345)")
+
+    @model_validator(mode="after")
+    def _check_protocol(self) -> SplitConfig:
+        if self.folds is not None and self.fold >= self.folds:
+            raise ValueError(f"data.split.fold {self.fold} must be below data.split.folds {self.folds}")
+        if self.folds is not None and self.test_sites:
+            raise ValueError("data.split: use either folds (k-fold) or test_sites (leave-site-out), not both")
+        return self
+
+
+class SimulateSitesConfig(_Strict):
+    """Simulated acquisition sites from one real dataset (reported as *simulated*, never as real sites).
+
+    Case groups are dealt to ``k`` sites in a seeded, balanced way; each site has a fixed
+    :class:`~medkd.data.sites.SiteProfile` (contrast curve, bias field, resolution, blur, noise) applied to its
+    cases' images when they are loaded, deterministically per case.
+    """
+
+    k: int = Field(4, ge=2, description="number of simulated sites")
+    seed: int = Field(0, description="seed of the site profiles and of the case assignment")
 
 
 class AugmentConfig(_Strict):
@@ -70,7 +102,14 @@ class AugmentConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    """Where the data is and how it becomes training batches."""
+    """Where the data is and how it becomes training batches.
+
+    Preprocessing runs in this order (defaults leave the grid untouched): orientation -> resampling to
+    ``spacing`` -> ``crop_foreground`` -> ``center_crop`` -> ``clip_percentiles`` -> ``normalize`` ->
+    2.5D ``neighbours``; then 2D slicing and resizing to ``size`` (2D) or patches of ``size`` (3D, after the
+    optional ``volume_size`` resize). Evaluation maps predictions back to each case's original grid
+    (see :mod:`medkd.data.preprocess`).
+    """
 
     root: str
     format: str = "auto"
@@ -87,11 +126,35 @@ class DataConfig(_Strict):
     train_fraction: float = Field(1.0, gt=0.0, le=1.0)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     max_cases: int | None = Field(None, ge=1)
+    orientation: str | None = Field(None, description="reorient every case to these axis codes, e.g. RAS")
+    spacing: list[float] | None = Field(None, description="resample to this voxel size (mm); <= 0 keeps an axis")
+    crop_foreground: bool = Field(False, description="crop to the box of non-zero voxels (any channel)")
+    crop_margin: int = Field(0, ge=0, description="voxels kept around the foreground box")
+    center_crop: list[int] | None = Field(None, description="central crop to this shape; <= 0 keeps an axis")
+    clip_percentiles: list[float] | None = Field(None, description="clip each channel to these percentiles first")
+    neighbours: int = Field(0, ge=0, description="2.5D: k slices either side as extra channels (2k+1 per channel)")
+    label_map: dict[int, int] | None = Field(None, description="raw label value -> value, e.g. {2: 1}")
+    simulate_sites: SimulateSitesConfig | None = None
 
     @model_validator(mode="after")
     def _check_size(self) -> DataConfig:
         if len(self.size) != self.dim:
             raise ValueError(f"data.size has {len(self.size)} values but data.dim is {self.dim}")
+        if self.neighbours and self.dim != 2:
+            raise ValueError("data.neighbours (2.5D slices as channels) needs data.dim 2")
+        if self.orientation is not None:
+            codes = self.orientation.upper()
+            axes = [{"L": 0, "R": 0, "A": 1, "P": 1, "S": 2, "I": 2}.get(c) for c in codes]
+            if len(codes) != 3 or None in axes or sorted(axes) != [0, 1, 2]:
+                raise ValueError(f"data.orientation {self.orientation!r}: expected 3 axis codes such as RAS or LPS")
+        if self.spacing is not None and not 1 <= len(self.spacing) <= 3:
+            raise ValueError(f"data.spacing needs 1 to 3 values, got {len(self.spacing)}")
+        if self.center_crop is not None and len(self.center_crop) != 3:
+            raise ValueError(f"data.center_crop needs 3 values (x, y, z; <= 0 keeps an axis), got {self.center_crop}")
+        if self.clip_percentiles is not None:
+            lo_hi = self.clip_percentiles
+            if len(lo_hi) != 2 or not 0 <= lo_hi[0] < lo_hi[1] <= 100:
+                raise ValueError(f"data.clip_percentiles needs [low, high] with 0 <= low < high <= 100, got {lo_hi}")
         return self
 
 

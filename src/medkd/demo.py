@@ -53,7 +53,7 @@ def demo_config(which: str, data_root: Path, teacher_run: Path | None, quick: bo
 
 def _qualitative(out: Path, runs: dict[str, Path], n_rows: int = 3) -> Path:
     """Middle slice of a few test cases with the reference and each run's prediction."""
-    from medkd.data.formats import read_dataset
+    from medkd.data.loader import open_dataset
     from medkd.data.pipeline import prepare_cases
     from medkd.inference import predict_volume
 
@@ -62,18 +62,18 @@ def _qualitative(out: Path, runs: dict[str, Path], n_rows: int = 3) -> Path:
     import json
 
     info = json.loads((runs["teacher"] / "split.json").read_text())
-    index = read_dataset(info["dataset"])
+    index = open_dataset(cfg.data, root=info["dataset"])
     chosen = info["test"][:: max(1, len(info["test"]) // n_rows)][:n_rows]
-    cases = prepare_cases(index, chosen, index.channel_indices(info["channels"]), cfg.data.normalize)
+    cases = prepare_cases(index, chosen, index.channel_indices(info["channels"]), cfg.data)
     images, refs, labels = [], [], []
     preds: dict[str, list[np.ndarray]] = {label: [] for label in models}
     for pc in cases:
         z = pc.image.shape[-1] // 2
         images.append(pc.image[0, ..., z])
-        refs.append(pc.label[..., z])
+        refs.append(pc.reference[..., z])
         labels.append(f"{pc.case_id} ({pc.site})")
         for label, (model, mcfg) in models.items():
-            probs = predict_volume(model, pc.image, mcfg.data.dim, mcfg.data.size)
+            probs = pc.restore(predict_volume(model, pc.image, mcfg.data.dim, mcfg.data.size))
             preds[label].append(probs.argmax(0).numpy()[..., z])
     return plot_qualitative(images, refs, preds, out / "figures" / "qualitative.png", labels)
 

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from medkd.data.nifti_io import read_nifti, write_nifti
-from medkd.data.pipeline import normalise
+from medkd.data.pipeline import prepare_arrays
 from medkd.errors import DataError, MedkdError
 from medkd.inference import predict_volume
 from medkd.train.run_folder import load_run_model
@@ -95,12 +95,11 @@ def predict_files(run_dir: str | Path, inputs: Sequence[str | Path], out_dir: st
     model, cfg = load_run_model(Path(run_dir))
     info = json.loads((Path(run_dir) / "split.json").read_text())
     n_channels = len(info["channels"])
-    dataset_json = Path(info["dataset"]) / "dataset.json"
     label_values = list(range(len(info["classes"])))
-    if dataset_json.is_file():
-        from medkd.data.formats import read_dataset
+    if Path(info["dataset"]).is_dir():
+        from medkd.data.loader import open_dataset
 
-        label_values = sorted(read_dataset(info["dataset"], cfg.data.format).labels.values())
+        label_values = sorted(open_dataset(cfg.data, root=info["dataset"]).labels.values())
     cases = collect_inputs(inputs, n_channels)
     out_dir = Path(out_dir)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -111,8 +110,9 @@ def predict_files(run_dir: str | Path, inputs: Sequence[str | Path], out_dir: st
     for cid, (image, affine, shape) in tqdm(loaded.items(), desc="predict", disable=not progress, leave=False):
         if not np.isfinite(image).all():
             raise MedkdError(f"{cases[cid][0]}: image contains NaN or Inf voxels")
-        probs = predict_volume(model, normalise(image, cfg.data.normalize), cfg.data.dim, cfg.data.size,
-                               cfg.data.volume_size, cfg.evaluate.batch_size, cfg.evaluate.sw_overlap, dev)
+        pc = prepare_arrays(cid, None, image, None, affine, cfg.data)
+        probs = pc.restore(predict_volume(model, pc.image, cfg.data.dim, cfg.data.size, cfg.data.volume_size,
+                                          cfg.evaluate.batch_size, cfg.evaluate.sw_overlap, dev))
         pred = np.asarray(label_values)[probs.argmax(0).numpy()].astype(np.uint8).reshape(shape)
         written.append(write_nifti(out_dir / f"{cid}.nii.gz", pred, affine=affine))
     return written

@@ -1,7 +1,15 @@
-"""Dataset folder formats: nnU-Net v2 raw and Medical Segmentation Decathlon (MSD).
+"""Dataset folder formats: nnU-Net v2 raw, Medical Segmentation Decathlon (MSD), site folders, PNG pairs.
 
 Every format is read into the same :class:`DatasetIndex` of :class:`Case` records (id, one file per
 channel or one multi-channel file, label file, site), so everything downstream is format-agnostic.
+Formats are detected in registration order (``nnunet``, ``msd``, ``site_folders``, ``png_pairs``) or named
+with ``data.format``; :mod:`medkd.data.site_folders` and :mod:`medkd.data.png_pairs` hold the last two.
+
+Readers never stop at the first broken case: what they find wrong while indexing (a missing channel or
+label file, a file that does not follow the naming scheme, a duplicate case id) is recorded in
+:attr:`DatasetIndex.issues` and the case is left out. :func:`read_dataset` raises on the first issue
+(``strict=True``, the default for training); ``medkd data check`` reads with ``strict=False`` and lists
+them all.
 
 Example:
     >>> index = read_dataset("../shared/data/acdc")
@@ -14,9 +22,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from medkd.errors import ConfigError, DataError, unknown_name_error
 
@@ -26,9 +36,11 @@ __all__ = [
     "DatasetIndex",
     "detect_format",
     "read_dataset",
+    "read_image",
     "read_msd",
     "read_nnunet",
     "register_format",
+    "with_label_map",
 ]
 
 
@@ -53,7 +65,20 @@ class Case:
 
 @dataclass
 class DatasetIndex:
-    """All cases of a dataset folder, with channel and label names."""
+    """All cases of a dataset folder, with channel and label names.
+
+    Attributes:
+        root: the dataset folder.
+        format: the format name it was read as.
+        channel_names: one name per channel, in channel order.
+        labels: class name -> label value of the classes a model predicts (after ``label_map`` /
+            ``merge_above``); class index ``i`` is the ``i``-th smallest value.
+        cases: the readable cases.
+        meta: JSON-ready facts recorded with a run (e.g. ``simulated_sites``, ``label_map``).
+        label_map: raw label value -> label value, applied when a label file is read (e.g. ``{2: 1}``).
+        merge_above: raw label values above this are set to it (site folders: 1, whole-gland prostate).
+        issues: problems found while indexing (the affected cases are left out of ``cases``).
+    """
 
     root: Path
     format: str
@@ -61,6 +86,21 @@ class DatasetIndex:
     labels: dict[str, int]
     cases: list[Case]
     meta: dict[str, Any] = field(default_factory=dict)
+    label_map: dict[int, int] = field(default_factory=dict)
+    merge_above: int | None = None
+    issues: list[str] = field(default_factory=list)
+
+    def map_label_values(self, raw: np.ndarray) -> np.ndarray:
+        """Apply ``merge_above`` and then ``label_map`` to an integer array of raw label values."""
+        out = np.asarray(raw)
+        if self.merge_above is not None:
+            out = np.where(out > self.merge_above, self.merge_above, out)
+        if self.label_map:
+            mapped = out.copy()
+            for src, dst in self.label_map.items():
+                mapped[out == src] = dst
+            out = mapped
+        return out
 
     def case(self, case_id: str) -> Case:
         for c in self.cases:
@@ -83,7 +123,50 @@ class DatasetIndex:
 
     @property
     def sites(self) -> list[str]:
+        """Sorted names of the sites the cases belong to (empty when no case has a site)."""
         return sorted({c.site for c in self.cases if c.site is not None})
+
+
+def with_label_map(index: DatasetIndex, label_map: dict[int, int] | None) -> DatasetIndex:
+    """A copy of ``index`` whose label files are read through ``label_map`` (raw value -> value).
+
+    Values mapped away disappear from the classes (``{2: 1}`` on labels ``{bg: 0, PZ: 1, TZ: 2}`` leaves
+    ``{bg: 0, PZ: 1}``, the merged class keeping the target's name). Every target must be a label of the
+    dataset; a source may also be an undeclared value (e.g. ``{255: 0}``).
+
+    Raises:
+        ConfigError: a target value is not a label of the dataset.
+    """
+    if not label_map:
+        return index
+    values = set(index.labels.values())
+    mapping = {int(k): int(v) for k, v in label_map.items()}
+    for src, dst in mapping.items():
+        if dst not in values:
+            raise ConfigError(f"data.label_map: {src} -> {dst}, but {dst} is not a label of {index.root} "
+                              f"({index.labels})")
+    labels = {n: v for n, v in index.labels.items() if v not in mapping or mapping[v] == v}
+    combined = dict(index.label_map)
+    combined = {k: mapping.get(v, v) for k, v in combined.items()}
+    combined.update({k: v for k, v in mapping.items() if k not in combined})
+    meta = {**index.meta, "label_map": {str(k): v for k, v in sorted(combined.items())}}
+    return replace(index, labels=labels, label_map=combined, meta=meta)
+
+
+def read_image(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read an image or label file of any supported kind: NIfTI, or PNG (see :mod:`medkd.data.png_pairs`).
+
+    Returns:
+        ``(array, affine)``; a PNG gives an (H, W, 1) array (or (H, W, 1, C) for colour) and an identity affine.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".png":
+        from medkd.data.png_pairs import read_png
+
+        return read_png(path)
+    from medkd.data.nifti_io import read_nifti
+
+    return read_nifti(path)
 
 
 FormatReader = Callable[[Path], DatasetIndex]
@@ -178,7 +261,11 @@ def _is_msd(root: Path) -> bool:
 
 @register_format("nnunet", _is_nnunet)
 def read_nnunet(root: Path) -> DatasetIndex:
-    """Read an nnU-Net v2 raw dataset: ``imagesTr/<case>_<CCCC><ending>``, ``labelsTr/<case><ending>``."""
+    """Read an nnU-Net v2 raw dataset: ``imagesTr/<case>_<CCCC><ending>``, ``labelsTr/<case><ending>``.
+
+    Every case needs one file per declared channel and a label file; a case missing any of them, a
+    channel number beyond the declared ones, or a label without an image is recorded as an issue.
+    """
     root = Path(root)
     data = _load_dataset_json(root)
     json_path = root / "dataset.json"
@@ -186,54 +273,86 @@ def read_nnunet(root: Path) -> DatasetIndex:
     labels = _labels_from_json(data, json_path)
     ending = str(data.get("file_ending", ".nii.gz"))
     images_dir = root / "imagesTr"
+    labels_dir = root / "labelsTr"
     if not images_dir.is_dir():
         raise DataError(f"{images_dir}: folder not found")
     pattern = re.compile(rf"^(?P<case>.+)_(?P<ch>\d{{4}}){re.escape(ending)}$")
+    issues: list[str] = []
     by_case: dict[str, dict[int, Path]] = {}
     for f in sorted(images_dir.iterdir()):
+        if f.name.startswith("."):
+            continue
         m = pattern.match(f.name)
         if m is None:
+            if f.name.endswith(ending):
+                issues.append(f"{f}: image not named <case>_<4-digit channel>{ending}")
             continue
         by_case.setdefault(m["case"], {})[int(m["ch"])] = f
     sites = _read_sites(root)
     cases = []
     for case_id, files in sorted(by_case.items()):
+        extra = sorted(i for i in files if i >= len(channels))
         missing = [i for i in range(len(channels)) if i not in files]
+        label = labels_dir / f"{case_id}{ending}"
+        if extra:
+            issues.append(f"{files[extra[0]]}: channel {extra[0]} not declared in dataset.json "
+                          f"({len(channels)} channel(s): {channels})")
         if missing:
-            raise DataError(
-                f"{images_dir / f'{case_id}_{missing[0]:04d}{ending}'}: channel file missing "
-                f"(dataset.json declares {len(channels)} channels)"
-            )
-        label = root / "labelsTr" / f"{case_id}{ending}"
-        cases.append(Case(case_id, tuple(files[i] for i in range(len(channels))),
-                          label if label.exists() else None, sites.get(case_id)))
-    if not cases:
+            issues.append(f"{images_dir / f'{case_id}_{missing[0]:04d}{ending}'}: channel file missing "
+                          f"(dataset.json declares {len(channels)} channel(s))")
+        if not label.is_file():
+            issues.append(f"{label}: label file missing for case {case_id!r}")
+        if extra or missing or not label.is_file():
+            continue
+        cases.append(Case(case_id, tuple(files[i] for i in range(len(channels))), label, sites.get(case_id)))
+    if labels_dir.is_dir():
+        for f in sorted(labels_dir.iterdir()):
+            if f.name.endswith(ending) and not f.name.startswith(".") and f.name[: -len(ending)] not in by_case:
+                issues.append(f"{f}: label without an image in {images_dir.name}")
+    if not by_case:
         raise DataError(f"{images_dir}: no images named <case>_0000{ending}")
-    return DatasetIndex(root, "nnunet", channels, labels, cases, meta={"file_ending": ending})
+    return DatasetIndex(root, "nnunet", channels, labels, cases, meta={"file_ending": ending}, issues=issues)
 
 
 @register_format("msd", _is_msd)
 def read_msd(root: Path) -> DatasetIndex:
-    """Read a Medical Segmentation Decathlon task folder (``training`` list; 4D images when multi-modal)."""
+    """Read a Medical Segmentation Decathlon task folder (``training`` list; 4D images when multi-modal).
+
+    A multi-modal MSD image holds its channels on the last axis (X, Y, Z, C), in ``modality`` order.
+    """
     root = Path(root)
     data = _load_dataset_json(root)
     json_path = root / "dataset.json"
     channels = _channel_names(data, json_path)
     labels = _labels_from_json(data, json_path)
     sites = _read_sites(root)
+    issues: list[str] = []
     cases = []
-    for i, entry in enumerate(data.get("training", [])):
+    training = data.get("training", [])
+    for i, entry in enumerate(training):
         if not isinstance(entry, dict) or "image" not in entry:
-            raise DataError(f"{json_path}: training[{i}] needs an 'image' entry")
+            issues.append(f"{json_path}: training[{i}] needs an 'image' entry")
+            continue
         image = (root / entry["image"]).resolve() if not Path(entry["image"]).is_absolute() else Path(entry["image"])
         label = entry.get("label")
         label_path = (root / label).resolve() if label else None
         case_id = image.name.split(".")[0]
-        cases.append(Case(case_id, (image,), label_path, sites.get(case_id),
-                          channel_axis=-1 if len(channels) > 1 else None))
-    if not cases:
+        bad = False
+        if not image.is_file():
+            issues.append(f"{image}: image file missing (dataset.json training[{i}])")
+            bad = True
+        if label_path is None:
+            issues.append(f"{json_path}: training[{i}] ({case_id}) has no 'label' entry")
+            bad = True
+        elif not label_path.is_file():
+            issues.append(f"{label_path}: label file missing (dataset.json training[{i}])")
+            bad = True
+        if not bad:
+            cases.append(Case(case_id, (image,), label_path, sites.get(case_id),
+                              channel_axis=-1 if len(channels) > 1 else None))
+    if not training:
         raise DataError(f"{json_path}: 'training' list is empty")
-    return DatasetIndex(root, "msd", channels, labels, cases)
+    return DatasetIndex(root, "msd", channels, labels, cases, issues=issues)
 
 
 def detect_format(root: Path) -> str:
@@ -243,14 +362,27 @@ def detect_format(root: Path) -> str:
         raise DataError(f"{root}: dataset folder not found")
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
+    if (root / "dataset.json").is_file():
+        _load_dataset_json(root)  # a broken dataset.json is named, not mistaken for another format
     for name, detector in _DETECTORS:
         if detector(root):
             return name
     raise DataError(f"{root}: not a recognised dataset folder (formats: {', '.join(FORMAT_READERS)})")
 
 
-def read_dataset(root: str | Path, format: str = "auto") -> DatasetIndex:
-    """Read a dataset folder in the given (or detected) format."""
+def read_dataset(root: str | Path, format: str = "auto", strict: bool = True) -> DatasetIndex:
+    """Read a dataset folder in the given (or detected) format.
+
+    Args:
+        root: the dataset folder.
+        format: a registered format name, or ``"auto"`` to detect it.
+        strict: raise on the first indexing issue (missing / misnamed file, duplicate case id); with
+            ``False`` the issues are kept in :attr:`DatasetIndex.issues` and the affected cases left out.
+
+    Raises:
+        DataError: the folder is missing or unreadable, or (strict) has an issue.
+        ConfigError: unknown format name.
+    """
     root = Path(root)
     if format == "auto":
         format = detect_format(root)
@@ -259,8 +391,24 @@ def read_dataset(root: str | Path, format: str = "auto") -> DatasetIndex:
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found")
     index = FORMAT_READERS[format](root)
-    ids = [c.case_id for c in index.cases]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
-    if dup:
-        raise DataError(f"{root}: duplicate case id {dup[0]!r}")
+    seen: dict[str, Case] = {}
+    unique = []
+    for c in index.cases:
+        if c.case_id in seen:
+            index.issues.append(f"{c.image_files[0]}: duplicate case id {c.case_id!r} "
+                                f"(also {seen[c.case_id].image_files[0]})")
+            continue
+        seen[c.case_id] = c
+        unique.append(c)
+    index.cases = unique
+    if strict and index.issues:
+        more = f" (+{len(index.issues) - 1} more; run 'medkd data check {root}')" if len(index.issues) > 1 else ""
+        raise DataError(f"{index.issues[0]}{more}")
+    if strict and not index.cases:
+        raise DataError(f"{root}: no readable cases")
     return index
+
+
+# the other formats register themselves on import (after the nnU-Net and MSD detectors)
+from medkd.data import png_pairs as _png_pairs  # noqa: E402,F401
+from medkd.data import site_folders as _site_folders  # noqa: E402,F401

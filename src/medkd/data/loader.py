@@ -1,26 +1,73 @@
 """Training and evaluation data for a run: dataset -> split -> prepared cases -> batches.
 
+The dataset of a run is opened with :func:`open_dataset` (format reader, ``data.label_map``,
+``data.simulate_sites``), so training, validation and evaluation see the same cases, classes and sites.
 2D runs train on slices of every training volume, resized to ``data.size``; 3D runs train on random
 patches of ``data.size`` (half of them centred on foreground), optionally after resizing each volume to
 ``data.volume_size``. All samples are held in memory as tensors (the datasets this toolkit targets fit
 easily), and batch order and patch positions come from an explicit seeded generator so that a run,
 and a resumed run, draw the same batches.
+
+With ``data.neighbours = k`` (2.5D) every held channel becomes ``2k + 1`` channels: the network reads
+:attr:`DataBundle.in_channels` inputs and :meth:`DataBundle.positions` returns the expanded positions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from medkd.config import RunConfig
-from medkd.data.formats import DatasetIndex, read_dataset
+from medkd.config import DataConfig, RunConfig
+from medkd.data.formats import DatasetIndex, read_dataset, with_label_map
 from medkd.data.pipeline import PreparedCase, prepare_cases, resize_image, resize_label, slice_samples
+from medkd.data.preprocess import model_in_channels, neighbour_positions
 from medkd.data.splits import make_split, subsample_cases
 from medkd.errors import ConfigError
 
-__all__ = ["DataBundle", "PatchSource", "SliceSource", "build_bundle", "build_train_source", "iter_batches"]
+__all__ = [
+    "DataBundle",
+    "PatchSource",
+    "SliceSource",
+    "build_bundle",
+    "build_train_source",
+    "iter_batches",
+    "open_dataset",
+]
+
+
+def open_dataset(data: DataConfig, root: str | None = None) -> DatasetIndex:
+    """Read a run's dataset the way every stage of the run must see it.
+
+    Reads ``root`` (default ``data.root``) in ``data.format``, then applies ``data.label_map`` and
+    ``data.simulate_sites`` (grouped by ``data.split.group_pattern``).
+
+    Args:
+        data: the run's data config.
+        root: the dataset folder, e.g. the absolute path recorded in a run's ``split.json``.
+    """
+    index = read_dataset(root or data.root, data.format)
+    index = with_label_map(index, data.label_map)
+    if data.simulate_sites is not None:
+        from medkd.data.protocols import simulate_sites
+
+        index = simulate_sites(index, data.simulate_sites.k, data.simulate_sites.seed, data.split.group_pattern)
+    return index
+
+
+def _protocol(data: DataConfig) -> dict[str, Any]:
+    s = data.split
+    if s.file:
+        return {"kind": "file", "file": s.file}
+    if s.folds:
+        return {"kind": "kfold", "folds": s.folds, "fold": s.fold, "fold_seed": s.fold_seed, "val": s.val,
+                "seed": s.seed, "group_pattern": s.group_pattern}
+    if s.test_sites:
+        return {"kind": "leave_site_out", "test_sites": list(s.test_sites), "val": s.val, "seed": s.seed,
+                "group_pattern": s.group_pattern}
+    return {"kind": "random", "val": s.val, "test": s.test, "seed": s.seed, "group_pattern": s.group_pattern}
 
 
 @dataclass
@@ -33,6 +80,8 @@ class DataBundle:
         channels: dataset channel indices the run's model reads.
         teacher_channels: dataset channel indices the teacher reads (distillation only).
         class_names: names of classes 0..K-1 (background first).
+        neighbours: 2.5D neighbour slices per side (``data.neighbours``).
+        meta: facts for ``split.json`` (protocol, training pool before ``train_fraction``); see :meth:`record`.
     """
 
     index: DatasetIndex
@@ -40,10 +89,34 @@ class DataBundle:
     channels: list[int]
     teacher_channels: list[int] | None = None
     class_names: list[str] = field(default_factory=list)
+    neighbours: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels of the run's network: ``len(channels) * (2 * neighbours + 1)``."""
+        return model_in_channels(len(self.channels), self.neighbours)
+
+    @property
+    def teacher_in_channels(self) -> int | None:
+        """Input channels of the teacher (None without distillation)."""
+        if self.teacher_channels is None:
+            return None
+        return model_in_channels(len(self.teacher_channels), self.neighbours)
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready facts a run folder records next to the split (``split.json``).
+
+        Holds ``in_channels`` / ``teacher_in_channels`` / ``neighbours``, the ``protocol``, the training pool
+        and fraction behind the ``train`` list, and the dataset's meta (e.g. ``simulated_sites`` with every
+        site's parameters, ``label_map``).
+        """
+        return {"in_channels": self.in_channels, "teacher_in_channels": self.teacher_in_channels,
+                "neighbours": self.neighbours, **self.meta, "dataset_meta": dict(self.index.meta)}
 
     @property
     def loaded_channels(self) -> list[int]:
@@ -55,14 +128,18 @@ class DataBundle:
         return out
 
     def positions(self, which: list[int]) -> list[int]:
-        """Positions of dataset channels ``which`` inside :attr:`loaded_channels`."""
+        """Positions of dataset channels ``which`` inside the held image channels.
+
+        Without neighbours these index :attr:`loaded_channels`; with ``neighbours = k`` each held channel
+        occupies ``2k + 1`` consecutive positions and all of them are returned.
+        """
         loaded = self.loaded_channels
-        return [loaded.index(c) for c in which]
+        return neighbour_positions([loaded.index(c) for c in which], self.neighbours)
 
 
 def build_bundle(cfg: RunConfig) -> DataBundle:
     """Read the dataset and fix the split and channels of a run."""
-    index = read_dataset(cfg.data.root, cfg.data.format)
+    index = open_dataset(cfg.data)
     if cfg.data.labels:
         missing = [k for k in cfg.data.labels if k not in index.labels]
         if missing:
@@ -70,13 +147,17 @@ def build_bundle(cfg: RunConfig) -> DataBundle:
     split = make_split(index, cfg.data.split)
     if cfg.data.max_cases:
         split = {k: v[: cfg.data.max_cases] for k, v in split.items()}
-    split["train"] = subsample_cases(split["train"], cfg.data.train_fraction, cfg.seed, cfg.data.split.group_pattern)
+    pool = list(split["train"])
+    split["train"] = subsample_cases(pool, cfg.data.train_fraction, cfg.seed, cfg.data.split.group_pattern)
     channels = index.channel_indices(cfg.data.channels)
     teacher_channels = None
     if cfg.distill is not None:
         teacher_channels = index.channel_indices(cfg.data.teacher_channels or cfg.data.channels)
     class_names = [name for name, _ in sorted(index.labels.items(), key=lambda kv: kv[1])]
-    return DataBundle(index, split, channels, teacher_channels, class_names)
+    meta: dict[str, Any] = {"protocol": _protocol(cfg.data), "train_fraction": cfg.data.train_fraction}
+    if cfg.data.train_fraction < 1.0:
+        meta["train_pool"] = pool
+    return DataBundle(index, split, channels, teacher_channels, class_names, cfg.data.neighbours, meta)
 
 
 class SliceSource:
@@ -144,7 +225,7 @@ class PatchSource:
 
 def build_train_source(cfg: RunConfig, bundle: DataBundle) -> SliceSource | PatchSource:
     """Prepare the training cases of a run as a sample source."""
-    cases = prepare_cases(bundle.index, bundle.split["train"], bundle.loaded_channels, cfg.data.normalize)
+    cases = prepare_cases(bundle.index, bundle.split["train"], bundle.loaded_channels, cfg.data)
     if cfg.data.dim == 2:
         return SliceSource(cases, tuple(cfg.data.size), cfg.data.foreground_slices_only)
     vol = tuple(cfg.data.volume_size) if cfg.data.volume_size else None

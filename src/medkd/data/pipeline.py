@@ -1,12 +1,18 @@
 """From case files to normalised arrays and to in-memory training samples.
 
-The path is one straight line: :class:`~medkd.data.formats.Case` -> :func:`load_case` (nibabel) ->
-:func:`normalise` (MONAI intensity transforms, per channel) -> :class:`PreparedCase` -> 2D slices
-resized to a fixed size (:func:`slice_samples`) or whole volumes for 3D patch training.
+The path is one straight line: :class:`~medkd.data.formats.Case` -> :func:`load_case` (nibabel / Pillow;
+label mapping; simulated site) -> the steps of :mod:`medkd.data.preprocess` (orientation, resampling, crops,
+percentile clipping) -> :func:`normalise` (MONAI intensity transforms, per channel) -> 2.5D neighbour
+channels -> :class:`PreparedCase` -> 2D slices resized to a fixed size (:func:`slice_samples`) or whole
+volumes for 3D patch training.
+
+Pass the run's whole :class:`~medkd.config.DataConfig` to :func:`prepare_cases` to apply every step; a
+normalisation name alone applies only that (the grid stays the file's).
 
 Example:
-    >>> prepared = prepare_cases(index, ["case_000"], channels=[0], normalize="zscore")
-    >>> images, labels = slice_samples(prepared, size=(128, 128))
+    >>> prepared = prepare_cases(index, ["case_000"], channels=[0], normalize=cfg.data)
+    >>> images, labels, origin = slice_samples(prepared, size=(128, 128))
+    >>> probs = prepared[0].restore(predict_volume(model, prepared[0].image, 2, (128, 128)))  # original grid
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ from monai.transforms import (
     ScaleIntensityRangePercentiles,
 )
 
-from medkd.data.formats import Case, DatasetIndex
-from medkd.data.nifti_io import read_nifti
+from medkd.config import DataConfig
+from medkd.data.formats import Case, DatasetIndex, read_image
+from medkd.data.preprocess import GridRecord, add_neighbour_slices, apply_spatial, clip_percentiles
 from medkd.errors import DataError
 
 __all__ = [
@@ -32,6 +39,7 @@ __all__ = [
     "label_lookup",
     "load_case",
     "normalise",
+    "prepare_arrays",
     "prepare_cases",
     "resize_image",
     "resize_label",
@@ -46,9 +54,11 @@ class PreparedCase:
     Attributes:
         case_id: the case id.
         site: acquisition site or None.
-        image: float32 array (C, *spatial), normalised per channel, in file orientation.
-        label: int64 array (*spatial) of class indices 0..K-1, or None if unlabelled.
-        affine: the image's 4x4 affine (used to write predictions back).
+        image: float32 array (C, *spatial), preprocessed (the file's grid unless a step changed it).
+        label: int64 array (*spatial) of class indices 0..K-1 on the same grid, or None if unlabelled.
+        affine: the file's 4x4 affine (used to write predictions back and for mm distances).
+        original_label: class indices on the file's grid when the grid changed (else None: ``label`` is it).
+        grid: how to map predictions back to the file's grid (None when the grid did not change).
     """
 
     case_id: str
@@ -56,10 +66,23 @@ class PreparedCase:
     image: np.ndarray
     label: np.ndarray | None
     affine: np.ndarray
+    original_label: np.ndarray | None = None
+    grid: GridRecord | None = None
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
         return tuple(self.image.shape[1:])
+
+    @property
+    def reference(self) -> np.ndarray | None:
+        """The label to evaluate against: class indices on the file's grid."""
+        return self.original_label if self.grid is not None else self.label
+
+    def restore(self, probs: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Class probabilities (K, *image grid) mapped to the file's grid (identity when it did not change)."""
+        if self.grid is None:
+            return torch.as_tensor(probs)
+        return self.grid.restore(probs)
 
 
 def label_lookup(labels: dict[str, int]) -> np.ndarray:
@@ -71,11 +94,24 @@ def label_lookup(labels: dict[str, int]) -> np.ndarray:
     return table
 
 
-def load_case(case: Case, channels: Sequence[int], labels: dict[str, int] | None = None
-              ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Read a case's chosen channels as (C, *spatial) float32, its label as class indices, and its affine."""
+def load_case(case: Case, channels: Sequence[int], labels: dict[str, int] | None = None,
+              index: DatasetIndex | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Read a case's chosen channels as (C, *spatial) float32, its label as class indices, and its affine.
+
+    Args:
+        case: the case.
+        channels: dataset channel indices to read.
+        labels: class name -> label value (default: ``index.labels``); without labels the label is not read.
+        index: the case's dataset: its ``merge_above`` / ``label_map`` are applied to the raw label values
+            and, when it has simulated sites, the case's site profile to the image.
+
+    Raises:
+        DataError: unreadable file, shape mismatch, NaN / Inf voxels, undeclared label value.
+    """
+    if labels is None and index is not None:
+        labels = index.labels
     if case.channel_axis is not None:
-        data, affine = read_nifti(case.image_files[0])
+        data, affine = read_image(case.image_files[0])
         if data.ndim < 2:
             raise DataError(f"{case.image_files[0]}: expected a multi-channel image, got shape {data.shape}")
         data = np.moveaxis(data, case.channel_axis, 0)
@@ -86,7 +122,7 @@ def load_case(case: Case, channels: Sequence[int], labels: dict[str, int] | None
         arrays = []
         affine = None
         for ch in channels:
-            arr, aff = read_nifti(case.image_files[ch])
+            arr, aff = read_image(case.image_files[ch])
             if arrays and arr.shape != arrays[0].shape:
                 raise DataError(f"{case.image_files[ch]}: shape {arr.shape} differs from channel 0 {arrays[0].shape}")
             affine = aff if affine is None else affine
@@ -94,21 +130,28 @@ def load_case(case: Case, channels: Sequence[int], labels: dict[str, int] | None
         image = np.stack(arrays)
     if not np.isfinite(image).all():
         raise DataError(f"{case.image_files[0]}: image contains NaN or Inf voxels")
+    if index is not None and index.meta.get("simulated_sites") and case.site is not None:
+        from medkd.data.protocols import apply_simulated_site
+
+        image = apply_simulated_site(index, case, image, channels)
     label = None
     if case.label_file is not None and labels is not None:
-        raw, _ = read_nifti(case.label_file)
+        raw, _ = read_image(case.label_file)
         if raw.shape != image.shape[1:]:
             raise DataError(f"{case.label_file}: label shape {raw.shape} differs from image shape {image.shape[1:]}")
         raw = np.rint(raw).astype(np.int64)
+        if index is not None:
+            raw = index.map_label_values(raw)
         table = label_lookup(labels)
         bad = (raw < 0) | (raw >= len(table))
         if not bad.any():
             bad = table[raw] < 0
         if bad.any():
             value = int(raw[bad].flat[0])
-            raise DataError(f"{case.label_file}: label value {value} is not declared in dataset.json "
+            where = "dataset.json" if index is None or (index.root / "dataset.json").is_file() else "the dataset"
+            raise DataError(f"{case.label_file}: label value {value} is not declared in {where} "
                             f"(declared: {sorted(labels.values())})")
-        label = table[raw]
+        label = table[np.clip(raw, 0, len(table) - 1)]
     return image, label, affine
 
 
@@ -130,14 +173,51 @@ def normalise(image: np.ndarray, mode: str) -> np.ndarray:
     return np.asarray(out, dtype=np.float32)
 
 
+def prepare_arrays(case_id: str, site: str | None, image: np.ndarray, label: np.ndarray | None,
+                   affine: np.ndarray, data: DataConfig | str) -> PreparedCase:
+    """Preprocess one loaded case (see the module docstring of :mod:`medkd.data.preprocess`).
+
+    Args:
+        case_id: the case id.
+        site: its site, or None.
+        image: (C, *spatial) float image on the file's grid.
+        label: class indices on the same grid, or None.
+        affine: the file's affine.
+        data: the run's data config (every step), or a normalisation name (only that).
+
+    Returns:
+        The prepared case; ``restore`` maps predictions back to the file's grid.
+    """
+    if isinstance(data, str):
+        return PreparedCase(case_id, site, normalise(image, data), label, affine)
+    new_image, new_label, grid = apply_spatial(image, label, affine, data)
+    if data.clip_percentiles:
+        new_image = clip_percentiles(new_image, *data.clip_percentiles)
+    new_image = normalise(new_image, data.normalize)
+    if data.neighbours:
+        if new_image.ndim != 4:
+            raise DataError(f"case {case_id}: data.neighbours needs (C, X, Y, Z) volumes, got {new_image.shape}")
+        new_image = add_neighbour_slices(new_image, data.neighbours)
+    return PreparedCase(case_id, site, new_image, new_label, affine,
+                        original_label=label if grid is not None else None, grid=grid)
+
+
 def prepare_cases(index: DatasetIndex, case_ids: Sequence[str], channels: Sequence[int],
-                  normalize: str = "zscore") -> list[PreparedCase]:
-    """Load and normalise the given cases (labels mapped to class indices)."""
+                  normalize: str | DataConfig = "zscore") -> list[PreparedCase]:
+    """Load and preprocess the given cases (labels mapped to class indices).
+
+    Args:
+        index: the dataset (its label mapping and simulated sites apply).
+        case_ids: which cases.
+        channels: dataset channel indices to hold, in this order.
+        normalize: the run's :class:`~medkd.config.DataConfig` (all preprocessing steps), or only a
+            normalisation mode name (``zscore``, ``zscore_nonzero``, ``minmax``, ``percentile``, ``none``).
+    """
     out = []
     for cid in case_ids:
         case = index.case(cid)
-        image, label, affine = load_case(case, channels, index.labels)
-        out.append(PreparedCase(cid, case.site, normalise(image, normalize), label, affine))
+        image, label, affine = load_case(case, channels, index.labels, index=index)
+        out.append(prepare_arrays(cid, case.site, image, label, affine, normalize))
     return out
 
 

@@ -58,15 +58,20 @@ def read_split_file(path: Path, index: DatasetIndex) -> dict[str, list[str]]:
 def make_split(index: DatasetIndex, cfg: SplitConfig) -> dict[str, list[str]]:
     """Split the dataset's labelled cases into train / val / test.
 
-    ``cfg.file`` wins when given. Otherwise cases (grouped by ``cfg.group_pattern`` so that e.g. two
-    frames of one patient stay together) are shuffled with ``cfg.seed``; ``cfg.test_sites`` sends whole
-    sites to the test part (leave-site-out).
+    ``cfg.file`` wins when given. ``cfg.folds`` selects fold ``cfg.fold`` of a seeded k-fold split
+    (:func:`medkd.data.protocols.fold_splits`). Otherwise cases (grouped by ``cfg.group_pattern`` so that
+    e.g. two frames of one patient stay together) are shuffled with ``cfg.seed``; ``cfg.test_sites``
+    sends whole sites to the test part (leave-site-out).
     """
     if cfg.file:
         path = Path(cfg.file)
         if not path.is_absolute():
             path = index.root / path if (index.root / path).exists() else path
         return read_split_file(path, index)
+    if cfg.folds:
+        from medkd.data.protocols import fold_splits
+
+        return fold_splits(index, cfg.folds, cfg.fold_seed, cfg.group_pattern, cfg.val, cfg.seed)[cfg.fold]
     labelled = [c for c in index.cases if c.label_file is not None]
     if cfg.test_sites:
         unknown = [s for s in cfg.test_sites if s not in index.sites]

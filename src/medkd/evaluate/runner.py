@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from medkd.data.formats import read_dataset
+from medkd.data.loader import open_dataset
 from medkd.data.nifti_io import write_nifti
 from medkd.data.pipeline import prepare_cases
 from medkd.errors import MedkdError
@@ -52,7 +52,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, device: str | No
     case_ids = info.get(split, [])
     if not case_ids:
         raise MedkdError(f"{run_dir}: split '{split}' has no cases")
-    index = read_dataset(info["dataset"], cfg.data.format)
+    index = open_dataset(cfg.data, root=info["dataset"])
     channels = index.channel_indices(info["channels"])
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
@@ -66,11 +66,11 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, device: str | No
     out_dir = evaluation_dir(run_dir, split)
     records = []
     for cid in tqdm(case_ids, desc=f"evaluate {run_dir.name}/{split}", disable=not progress, leave=False):
-        pc = prepare_cases(index, [cid], channels, cfg.data.normalize)[0]
-        probs = predict_volume(model, pc.image, cfg.data.dim, cfg.data.size, cfg.data.volume_size,
-                               cfg.evaluate.batch_size, cfg.evaluate.sw_overlap, dev)
+        pc = prepare_cases(index, [cid], channels, cfg.data)[0]
+        probs = pc.restore(predict_volume(model, pc.image, cfg.data.dim, cfg.data.size, cfg.data.volume_size,
+                                          cfg.evaluate.batch_size, cfg.evaluate.sw_overlap, dev))
         pred = np.asarray(values)[probs.argmax(0).numpy()]
-        ref = np.asarray(values)[pc.label]
+        ref = np.asarray(values)[pc.reference]
         metrics = case_metrics(pred, ref, groups, spacing=spacing_from_affine(pc.affine))
         records.append({"case": cid, "site": pc.site, "metrics": metrics})
         if save_predictions:

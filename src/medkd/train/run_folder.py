@@ -47,6 +47,7 @@ class RunFolder:
             else [bundle.index.channel_names[i] for i in bundle.teacher_channels],
             "classes": bundle.class_names, **bundle.split,
             "sites": {cid: bundle.index.case(cid).site for part in bundle.split.values() for cid in part},
+            **bundle.record(),
         })
 
     def log(self, record: dict[str, Any]) -> None:
@@ -99,7 +100,8 @@ def load_run_model(run_dir: Path, which: str = "best") -> tuple[torch.nn.Module,
     split = json.loads((run_dir / "split.json").read_text()) if (run_dir / "split.json").is_file() else None
     if split is None:
         raise MedkdError(f"{run_dir}: split.json missing; the run never started")
-    model = build_network(cfg.model, len(split["channels"]), len(split["classes"]), cfg.data.dim)
+    in_channels = split.get("in_channels", len(split["channels"]))
+    model = build_network(cfg.model, in_channels, len(split["classes"]), cfg.data.dim)
     if which == "best":
         weights = run_dir / "checkpoints" / "best.safetensors"
     else:
@@ -119,9 +121,10 @@ def load_teacher(tcfg: TeacherConfig, in_channels: int, num_classes: int, dim: i
     if tcfg.run is not None:
         teacher, teacher_cfg = load_run_model(Path(tcfg.run))
         split = json.loads((Path(tcfg.run) / "split.json").read_text())
-        if len(split["channels"]) != in_channels:
+        if split.get("in_channels", len(split["channels"])) != in_channels:
             raise ConfigError(f"distill.teacher.run {tcfg.run}: teacher reads {split['channels']} "
-                              f"but data.teacher_channels gives {in_channels} channel(s)")
+                              f"(neighbours {split.get('neighbours', 0)}) but data.teacher_channels / "
+                              f"data.neighbours give {in_channels} input channel(s)")
         if len(split["classes"]) != num_classes:
             raise ConfigError(f"distill.teacher.run {tcfg.run}: teacher predicts {len(split['classes'])} classes, "
                               f"the dataset has {num_classes}")

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from medkd.config import RunConfig
 from medkd.data.augment import augment_batch
+from medkd.data.check import ensure_usable
 from medkd.data.loader import build_bundle, build_train_source, iter_batches
 from medkd.data.pipeline import prepare_cases
 from medkd.errors import ConfigError, MedkdError
@@ -105,17 +106,18 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
     if not resume and folder.has_started():
         raise MedkdError(f"{run_dir}: run folder already holds a run; use --resume or another --out")
 
+    ensure_usable(cfg.data.root, cfg.data.format, cfg.data.label_map)
     bundle = build_bundle(cfg)
     folder.prepare(cfg, bundle, is_main)
 
-    student = build_network(cfg.model, len(bundle.channels), bundle.num_classes, cfg.data.dim).to(dev)
+    student = build_network(cfg.model, bundle.in_channels, bundle.num_classes, cfg.data.dim).to(dev)
     teacher = None
     if cfg.distill is not None:
-        teacher = load_teacher(cfg.distill.teacher, len(bundle.teacher_channels or []), bundle.num_classes,
+        teacher = load_teacher(cfg.distill.teacher, bundle.teacher_in_channels or 0, bundle.num_classes,
                                cfg.data.dim).to(dev)
 
     source = build_train_source(cfg, bundle)
-    val_cases = prepare_cases(bundle.index, bundle.split["val"], bundle.channels, cfg.data.normalize) \
+    val_cases = prepare_cases(bundle.index, bundle.split["val"], bundle.channels, cfg.data) \
         if bundle.split["val"] else []
     stu_pos = bundle.positions(bundle.channels)
     tea_pos = bundle.positions(bundle.teacher_channels) if bundle.teacher_channels else None
