@@ -1,0 +1,641 @@
+"""Pure distillation-loss maths, one function per formula of ``METHODS.md`` ("Distillation losses").
+
+Conventions (``METHODS.md``, notation):
+
+- Tensors are channel-first, ``(B, C, *spatial)`` with one, two or three spatial axes (2D and 3D are tested).
+- ``p = softmax(logits / T, dim=1)``. With ONE output channel the task is binary and the distribution is
+  ``[1 - sigmoid(x / T), sigmoid(x / T)]`` (never a softmax over one channel, which is constant).
+- "Per-pixel mean": sum over the class axis, then mean over the batch and every spatial position, so a value does
+  not grow with the image size.
+- Every raw *teacher* tensor is detached inside the function: no gradient ever reaches the teacher. The only
+  exceptions are :func:`info_nce` and :func:`pixel_contrast`, whose teacher inputs are embeddings produced by a
+  trainable teacher-side projection head (the caller detaches the teacher features before that head).
+- All maths runs in float32 (inputs are cast), so the losses are safe under mixed precision.
+
+Example:
+    >>> import torch
+    >>> from medkd.distill import functional as KF
+    >>> s, t = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    >>> KF.logits_kl(s, t, temperature=4.0).shape
+    torch.Size([])
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from medkd.errors import ConfigError
+
+__all__ = [
+    "AffinityStats",
+    "affinity_loss",
+    "affinity_pair_stats",
+    "attention_map_loss",
+    "bottleneck_kl",
+    "class_log_probs",
+    "class_probs",
+    "feature_mse",
+    "info_nce",
+    "kdnet_soft_label_loss",
+    "kernel_matrix_loss",
+    "logits_kl",
+    "neighbour_offsets",
+    "pixel_contrast",
+    "predicted_labels",
+    "region_affinity_loss",
+    "resize_to",
+    "sample_pixel_indices",
+]
+
+AFFINITY_EPS = 1e-4  # METHODS.md item 2: probabilities clamped to >= 1e-4 before the log
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# shared helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _check_spatial(x: Tensor, name: str) -> None:
+    if x.dim() < 3:
+        raise ConfigError(f"{name}: expected a (B, C, *spatial) tensor, got shape {tuple(x.shape)}")
+
+
+def _check_same_shape(a: Tensor, b: Tensor, what: str) -> None:
+    if a.shape != b.shape:
+        raise ConfigError(
+            f"{what}: student and teacher shapes differ ({tuple(a.shape)} vs {tuple(b.shape)}); "
+            "use an adapter or matching taps"
+        )
+
+
+def class_log_probs(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Log class probabilities ``log p`` of ``p = softmax(logits / T)`` along dim 1.
+
+    One channel means a binary task: the result has two channels, ``[log(1 - sigmoid(x/T)), log sigmoid(x/T)]``
+    (computed with ``logsigmoid`` for stability).
+
+    Args:
+        logits: ``(B, C, *spatial)``.
+        temperature: softmax temperature ``T > 0``.
+
+    Returns:
+        ``(B, max(C, 2), *spatial)`` float32 log-probabilities.
+    """
+    x = logits.float() / temperature
+    if x.shape[1] == 1:
+        return torch.cat([F.logsigmoid(-x), F.logsigmoid(x)], dim=1)
+    return F.log_softmax(x, dim=1)
+
+
+def class_probs(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Class probabilities (see :func:`class_log_probs`; binary for one channel)."""
+    x = logits.float() / temperature
+    if x.shape[1] == 1:
+        p = torch.sigmoid(x)
+        return torch.cat([1.0 - p, p], dim=1)
+    return F.softmax(x, dim=1)
+
+
+def predicted_labels(logits: Tensor) -> Tensor:
+    """Hard label map ``argmax(logits)`` as ``(B, *spatial)`` int64; one channel means ``logits > 0``."""
+    if logits.shape[1] == 1:
+        return (logits[:, 0] > 0).long()
+    return logits.argmax(dim=1)
+
+
+def resize_to(x: Tensor, size: tuple[int, ...] | torch.Size) -> Tensor:
+    """Resize a ``(B, C, *spatial)`` tensor to ``size`` (bilinear in 2D, trilinear in 3D, linear in 1D).
+
+    Returns ``x`` unchanged when it already has that spatial size.
+    """
+    size = tuple(int(s) for s in size)
+    if tuple(x.shape[2:]) == size:
+        return x
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}.get(len(size))
+    if mode is None:
+        raise ConfigError(f"resize: only 1, 2 or 3 spatial axes are supported, got {len(size)}")
+    return F.interpolate(x, size=size, mode=mode, align_corners=False)
+
+
+def _labels_bhw(labels: Tensor, spatial: tuple[int, ...], name: str) -> Tensor:
+    """Bring a label map given as (B, *spatial) or (B, 1, *spatial) to (B, *spatial) int64."""
+    if labels.dim() == len(spatial) + 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if tuple(labels.shape[1:]) != tuple(spatial):
+        raise ConfigError(f"{name}: label map shape {tuple(labels.shape)} does not match spatial size {spatial}")
+    return labels.long()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1. logits KL (paper A "LM", thesis "PMD", Hinton)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def logits_kl(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, reverse: bool = False
+) -> Tensor:
+    """Logits / prediction-map distillation (METHODS.md item 1; Hinton et al. 2015, paper A "LM", thesis B "PMD").
+
+    ``L = T^2 * per-pixel-mean KL(p_t || p_s)`` with ``p = softmax(logits / T)`` (binary two-class distribution
+    for one channel). The KL is summed over classes, then averaged over batch and all spatial positions.
+
+    Args:
+        student_logits: ``(B, C, *spatial)``.
+        teacher_logits: same shape (detached inside).
+        temperature: ``T``; 1 for paper A's LM, 4 for thesis B's PMD.
+        reverse: compute ``KL(p_s || p_t)`` instead, the order paper A's eq. 7 literally writes.
+
+    Returns:
+        Scalar loss.
+    """
+    _check_spatial(student_logits, "logits_kl")
+    _check_same_shape(student_logits, teacher_logits, "logits_kl")
+    log_ps = class_log_probs(student_logits, temperature)
+    log_pt = class_log_probs(teacher_logits.detach(), temperature)
+    if reverse:
+        kl = (log_ps.exp() * (log_ps - log_pt)).sum(dim=1)
+    else:
+        kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=1)
+    return kl.mean() * temperature**2
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. adaptive affinity (paper A "AAM"; Ke et al., ECCV 2018)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def neighbour_offsets(ndim: int) -> list[tuple[int, ...]]:
+    """All unit offsets of the full neighbourhood: 8 in 2D, 26 in 3D (``{-1, 0, 1}^n`` without the origin)."""
+    return [o for o in itertools.product((-1, 0, 1), repeat=ndim) if any(o)]
+
+
+def _shift_slices(offset: tuple[int, ...], dilation: int, spatial: tuple[int, ...]):
+    """Slices selecting pixel i (``src``) and its neighbour j = i + dilation * offset (``dst``), inside the image."""
+    src, dst = [slice(None), slice(None)], [slice(None), slice(None)]
+    for o, n in zip(offset, spatial):
+        k = o * dilation
+        if abs(k) >= n:
+            return None
+        if k >= 0:
+            src.append(slice(0, n - k))
+            dst.append(slice(k, n))
+        else:
+            src.append(slice(-k, n))
+            dst.append(slice(0, n + k))
+    return tuple(src), tuple(dst)
+
+
+class _NeighbourKL(torch.autograd.Function):
+    """``W`` for a list of neighbour offsets: ``W_o = q_logq[i] - sum_c q[i] * logq[i + o]``, one output per offset.
+
+    A hand-written backward accumulates every offset's gradient in place into one buffer per input, instead of
+    autograd's zero-filled full-size buffer per sliced view (three per offset): several times faster on CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, logq: Tensor, q_logq: Tensor, pairs: list) -> tuple[Tensor, ...]:  # noqa: D102
+        ctx.save_for_backward(q, logq)
+        ctx.pairs = pairs
+        return tuple(q_logq[(s[0], *s[2:])] - (q[s] * logq[d]).sum(dim=1) for s, d in pairs)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads: Tensor):  # noqa: D102
+        q, logq = ctx.saved_tensors
+        g_q, g_logq = torch.zeros_like(q), torch.zeros_like(logq)
+        g_qlogq = q.new_zeros((q.shape[0], *q.shape[2:]))
+        for (s, d), g in zip(ctx.pairs, grads):
+            if g is None:
+                continue
+            g_qlogq[(s[0], *s[2:])].add_(g)
+            g1 = g.unsqueeze(1)
+            g_q[s].addcmul_(g1, logq[d], value=-1.0)
+            g_logq[d].addcmul_(g1, q[s], value=-1.0)
+        return g_q, g_logq, g_qlogq, None
+
+
+class AffinityStats(NamedTuple):
+    """Per-class, per-dilation pieces of the affinity loss; every field has shape ``(num_classes, n_dilations)``.
+
+    Class ``c`` collects the pairs whose pixel ``i`` has teacher class ``c``. ``*_sum`` are differentiable sums over
+    the pairs (of ``W_ij`` for same pairs, of ``max(0, m - W_ij)`` for different pairs); ``*_count`` are pair counts.
+    """
+
+    same_sum: Tensor
+    same_count: Tensor
+    diff_sum: Tensor
+    diff_count: Tensor
+
+    def per_class_dilation(self) -> Tensor:
+        """``L_same,cd + L_diff,cd`` per class ``c`` and dilation ``d``, shape ``(num_classes, n_dilations)``;
+        an empty pair set contributes 0."""
+        return _safe_mean(self.same_sum, self.same_count) + _safe_mean(self.diff_sum, self.diff_count)
+
+    def present(self) -> Tensor:
+        """Boolean ``(num_classes,)``: the class has at least one pair at some dilation."""
+        return (self.same_count + self.diff_count).sum(dim=1) > 0
+
+
+def affinity_pair_stats(
+    student_logits: Tensor,
+    teacher_labels: Tensor,
+    margin: float = 3.0,
+    dilations: tuple[int, ...] | list[int] = (1,),
+    num_classes: int | None = None,
+) -> AffinityStats:
+    """Sums and counts of the affinity pair terms, split by the teacher class of pixel ``i`` and by dilation.
+
+    The building block of :func:`affinity_loss` and of the adaptive module (METHODS.md item 2). Pairs are every
+    pixel ``i`` and each neighbour ``j = i + d * o`` for the unit offsets ``o`` of :func:`neighbour_offsets`
+    (8-neighbourhood in 2D, 26-neighbourhood in 3D), kept only when ``j`` lies inside the image (no padding). Both
+    orders ``(i, j)`` and ``(j, i)`` are pairs, since ``W`` is asymmetric. ``W_ij = KL(q_i || q_j) =
+    sum_c q_ic (log q_ic - log q_jc)`` with ``q = softmax(s)`` (binary for one channel) and both probabilities
+    clamped to ``>= 1e-4`` inside the logs only. Computed with shifted slices, one vectorised pass per offset.
+
+    Args:
+        student_logits: ``(B, C, *spatial)``.
+        teacher_labels: teacher label map ``argmax(t)``, ``(B, *spatial)`` or ``(B, 1, *spatial)`` integers.
+        margin: ``m`` of the different-pair hinge.
+        dilations: neighbour distances ``d``.
+        num_classes: number of classes (default: ``C``, or 2 for one channel).
+
+    Returns:
+        :class:`AffinityStats`.
+    """
+    _check_spatial(student_logits, "affinity")
+    spatial = tuple(student_logits.shape[2:])
+    labels = _labels_bhw(teacher_labels.detach(), spatial, "affinity")
+    q = class_probs(student_logits)  # (B, K, *spatial)
+    logq = q.clamp_min(AFFINITY_EPS).log()
+    q_logq = (q * logq).sum(dim=1)  # (B, *spatial)
+    k = num_classes if num_classes is not None else q.shape[1]
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= k):
+        raise ConfigError(f"affinity: teacher labels must lie in [0, {k - 1}], got [{int(labels.min())}, "
+                          f"{int(labels.max())}]")
+    labels = labels.int()  # 4-byte indices: the index of every pair is kept for backward
+    sums, counts = [], []
+    one = torch.ones(1, device=q.device, dtype=torch.float64)
+    for d in dilations:
+        # bins 0..k-1: same pairs of class c; bins k..2k-1: different pairs of class c
+        acc = q.new_zeros(2 * k)
+        cnt = torch.zeros(2 * k, device=q.device, dtype=torch.float64)  # exact counts, no grad
+        pairs = [sl for off in neighbour_offsets(len(spatial)) if (sl := _shift_slices(off, int(d), spatial))]
+        ws = _NeighbourKL.apply(q, logq, q_logq, pairs) if pairs else ()
+        ws = (ws,) if isinstance(ws, Tensor) else ws
+        for (src, dst), w in zip(pairs, ws):  # one vectorised pass per offset (8 in 2D, 26 in 3D)
+            li = labels[(src[0], *src[2:])]
+            same = li == labels[(dst[0], *dst[2:])]
+            value = torch.where(same, w, F.relu(margin - w))
+            bins = torch.where(same, li, li + k).reshape(-1)
+            acc = acc.index_add(0, bins, value.reshape(-1))
+            cnt = cnt.index_add(0, bins, one.expand(bins.numel()))  # much faster than bincount on CPU
+        sums.append(acc)
+        counts.append(cnt.to(q.dtype))
+    total, count = torch.stack(sums, dim=1), torch.stack(counts, dim=1)  # (2k, D)
+    same_sum, diff_sum = total[:k], total[k:]
+    same_cnt, diff_cnt = count[:k], count[k:]
+    return AffinityStats(same_sum, same_cnt, diff_sum, diff_cnt)
+
+
+def _safe_mean(total: Tensor, count: Tensor) -> Tensor:
+    """``total / count`` where ``count > 0``, else 0 (an empty pair set contributes nothing)."""
+    return torch.where(count > 0, total / count.clamp_min(1.0), torch.zeros_like(total))
+
+
+def affinity_loss(
+    student_logits: Tensor, teacher_labels: Tensor, margin: float = 3.0, dilation: int = 1
+) -> Tensor:
+    """Affinity-field loss ``L_AA = L_same + L_diff`` (METHODS.md item 2; paper A "AAM", after Ke et al. ECCV 2018).
+
+    ``L_same = mean over same-label pairs of W_ij``, ``L_diff = mean over different-label pairs of
+    max(0, m - W_ij)``, means pooled over the whole batch and all offsets; a term with an empty pair set is 0.
+    Pairs: 8 neighbours at distance ``dilation`` in 2D, the 26-neighbourhood in 3D; out-of-image neighbours are
+    not pairs. See :func:`affinity_pair_stats` for ``W_ij``.
+
+    Args:
+        student_logits: ``(B, C, *spatial)``.
+        teacher_labels: ``argmax`` of the teacher logits, ``(B, *spatial)`` or ``(B, 1, *spatial)``
+            (see :func:`predicted_labels`).
+        margin: ``m`` (default 3.0).
+        dilation: neighbour distance ``d`` (default 1).
+
+    Returns:
+        Scalar loss.
+    """
+    st = affinity_pair_stats(student_logits, teacher_labels, margin, (int(dilation),))
+    l_same = _safe_mean(st.same_sum.sum(), st.same_count.sum())
+    l_diff = _safe_mean(st.diff_sum.sum(), st.diff_count.sum())
+    return l_same + l_diff
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 3. kernel matrix (paper A "KMM"; Qian et al. SDM 2022)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def kernel_matrix_loss(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
+    """Full kernel-matrix transfer (METHODS.md item 3; paper A "KMM", after Qian et al., SDM 2022).
+
+    Each sample's feature map is flattened and L2-normalised; ``K = X X^T`` is the ``B x B`` Gram matrix of the
+    batch; ``L = mean((K_s - K_t)^2) + mean(|K_s - K_t|)`` over the ``B*B`` entries. The student features are
+    expected to have passed the adapter already (the Gram matrix only needs equal batch sizes).
+
+    Args:
+        student_feat: ``(B, ...)``.
+        teacher_feat: ``(B, ...)`` (detached inside).
+
+    Returns:
+        Scalar loss (0 for ``B = 1``, where both kernels are ``[[1]]``).
+    """
+    if student_feat.shape[0] != teacher_feat.shape[0]:
+        raise ConfigError(
+            f"kernel_matrix: batch sizes differ ({student_feat.shape[0]} vs {teacher_feat.shape[0]})"
+        )
+    xs = F.normalize(student_feat.float().flatten(1), dim=1)
+    xt = F.normalize(teacher_feat.detach().float().flatten(1), dim=1)
+    diff = xs @ xs.t() - xt @ xt.t()
+    return diff.pow(2).mean() + diff.abs().mean()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4. contrastive (thesis B; InfoNCE, Oord et al. 2018 / CRD)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def info_nce(z_student: Tensor, z_teacher: Tensor, temperature: float = 0.4, symmetric: bool = False) -> Tensor:
+    """Image-level InfoNCE between student and teacher embeddings (METHODS.md item 4; thesis B, Oord et al. 2018).
+
+    ``L = CE(z_s z_t^T / tau, diag)``: the positive of student sample ``b`` is the teacher embedding of the same
+    image, the negatives are the teacher embeddings of the other images. ``symmetric=True`` adds (sums) the
+    teacher-to-student direction ``CE(z_t z_s^T / tau, diag)``. ``z_teacher`` is NOT detached: it is the output of
+    a trainable teacher-side projection head (detach the teacher features before that head).
+
+    Args:
+        z_student: ``(B, d)``, L2-normalised rows.
+        z_teacher: ``(B, d)``, L2-normalised rows.
+        temperature: ``tau`` (thesis code: 0.4).
+        symmetric: add the teacher-to-student direction.
+
+    Returns:
+        Scalar loss; with orthonormal ``z_s = z_t`` it equals ``log(1 + (B - 1) exp(-1/tau))`` per direction.
+    """
+    if z_student.dim() != 2 or z_student.shape != z_teacher.shape:
+        raise ConfigError(
+            f"info_nce: expected equal (B, d) embeddings, got {tuple(z_student.shape)} and {tuple(z_teacher.shape)}"
+        )
+    logits = z_student.float() @ z_teacher.float().t() / temperature
+    target = torch.arange(logits.shape[0], device=logits.device)
+    loss = F.cross_entropy(logits, target)
+    if symmetric:
+        loss = loss + F.cross_entropy(logits.t(), target)
+    return loss
+
+
+def sample_pixel_indices(n_total: int, max_anchors: int, generator: torch.Generator | None = None,
+                         device: torch.device | str | None = None) -> Tensor:
+    """Indices of the anchor pixels: all ``n_total`` in order when ``n_total <= max_anchors``, else
+    ``max_anchors`` drawn uniformly without replacement (``torch.randperm`` with ``generator``)."""
+    if n_total <= max_anchors:
+        return torch.arange(n_total, device=device)
+    perm = torch.randperm(n_total, generator=generator, device=generator.device if generator else "cpu")
+    return perm[:max_anchors].to(device)
+
+
+def _supcon(anchors: Tensor, keys: Tensor, labels: Tensor, temperature: float) -> Tensor:
+    sim = anchors @ keys.t() / temperature  # (N, N)
+    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    pos = (labels[:, None] == labels[None, :]).float()  # includes j == i: never empty
+    return (-(pos * log_prob).sum(dim=1) / pos.sum(dim=1)).mean()
+
+
+def pixel_contrast(
+    student_emb: Tensor,
+    teacher_emb: Tensor,
+    labels: Tensor,
+    temperature: float = 0.4,
+    max_anchors: int = 1024,
+    symmetric: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Supervised pixel contrast between student and teacher pixel embeddings (METHODS.md item 4, ``mode="pixel"``).
+
+    SupCon-style (Khosla et al. 2020), across networks. ``N <= max_anchors`` pixel positions are sampled from the
+    whole batch (:func:`sample_pixel_indices`; all pixels when there are fewer); their ground-truth classes are
+    ``y``. Anchors are the student embeddings ``a_i``, keys the teacher embeddings ``k_j`` at the same ``N``
+    positions, ``s_ij = a_i . k_j / tau`` and, with positives ``P(i) = {j : y_j = y_i}`` (teacher pixels of the
+    same class, always containing ``j = i``, the teacher's view of the same pixel)::
+
+        L = mean_i  -1/|P(i)| * sum_{p in P(i)} [ s_ip - log sum_{j=1..N} exp(s_ij) ]
+
+    ``symmetric=True`` adds the same loss with teacher anchors and student keys. Memory is ``O(N^2)`` with
+    ``N <= max_anchors``, never ``O((HW)^2)``. ``teacher_emb`` is not detached (trainable teacher head).
+
+    Args:
+        student_emb: ``(B, d, *spatial)``, L2-normalised along ``d``.
+        teacher_emb: same shape.
+        labels: ground truth, ``(B, *spatial)`` or ``(B, 1, *spatial)``, at the embeddings' spatial size.
+        temperature: ``tau``.
+        max_anchors: cap ``N`` on the sampled pixels (default 1024).
+        symmetric: add the teacher-anchored direction.
+        generator: random generator for the anchor sampling.
+
+    Returns:
+        Scalar loss.
+    """
+    _check_spatial(student_emb, "pixel_contrast")
+    if student_emb.shape != teacher_emb.shape:
+        raise ConfigError(
+            f"pixel_contrast: embedding shapes differ ({tuple(student_emb.shape)} vs {tuple(teacher_emb.shape)})"
+        )
+    if max_anchors < 2:
+        raise ConfigError(f"pixel_contrast: max_anchors must be >= 2, got {max_anchors}")
+    lab = _labels_bhw(labels.detach(), tuple(student_emb.shape[2:]), "pixel_contrast").reshape(-1)
+    d = student_emb.shape[1]
+    zs = student_emb.float().movedim(1, -1).reshape(-1, d)  # views, no copy of the pixel pairs
+    zt = teacher_emb.float().movedim(1, -1).reshape(-1, d)
+    idx = sample_pixel_indices(lab.numel(), max_anchors, generator, device=lab.device)
+    a, k, y = zs[idx], zt[idx], lab[idx]
+    loss = _supcon(a, k, y, temperature)
+    if symmetric:
+        loss = loss + _supcon(k, a, y, temperature)
+    return loss
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 5. feature MSE (FitNet)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def feature_mse(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
+    """FitNet hint loss (METHODS.md item 5; Romero et al. 2015; thesis B's "MSE loss" baseline).
+
+    ``L = mean((f_s - f_t)^2)`` over every element, after the student's adapter.
+
+    Args:
+        student_feat: ``(B, C, *spatial)``.
+        teacher_feat: same shape (detached inside).
+
+    Returns:
+        Scalar loss.
+    """
+    _check_same_shape(student_feat, teacher_feat, "feature_mse")
+    return F.mse_loss(student_feat.float(), teacher_feat.detach().float())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 6. KD-Net soft-label loss (paper C)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _log1mexp(x: Tensor) -> Tensor:
+    """``log(1 - exp(x))`` for ``x <= 0``, stable at both ends."""
+    x = x.clamp_max(-1e-12)
+    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def kdnet_soft_label_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 5.0) -> Tensor:
+    """KD-Net soft-label loss (METHODS.md item 6; Hu et al., "Knowledge distillation from multi-modal to mono-modal
+    segmentation networks", MICCAI 2020).
+
+    ``L_KD = (1 - Dice(softmax(t / T), softmax(s))) + BCE(softmax(s), onehot(argmax t))``.
+
+    - Dice: MONAI ``DiceLoss(soft_label=True, include_background=False)`` semantics, i.e. per sample and foreground
+      class ``1 - (|x|_1 + |y|_1 - |x - y|_1 + 1e-5) / (|x|_1 + |y|_1 + 1e-5)`` with ``x = softmax(s)``,
+      ``y = softmax(t / T)``, averaged over the batch and the foreground classes.
+    - BCE: mean over every element (all classes, background included) of the binary cross-entropy between the
+      student probabilities and the teacher's one-hot hard labels; logs are computed from ``log_softmax`` and
+      clamped at -100 like ``torch.nn.functional.binary_cross_entropy``.
+    - One channel: the binary distribution ``[1 - sigmoid, sigmoid]``; foreground is the sigmoid channel and the
+      hard label is ``t > 0``.
+
+    Note the student is not tempered (``T`` only softens the teacher), as written in paper C.
+
+    Args:
+        student_logits: ``(B, C, *spatial)``.
+        teacher_logits: same shape (detached inside).
+        temperature: ``T`` (default 5).
+
+    Returns:
+        Scalar loss (its minimum at ``s = t`` is the BCE part, not 0).
+    """
+    _check_spatial(student_logits, "kdnet_soft_label")
+    _check_same_shape(student_logits, teacher_logits, "kdnet_soft_label")
+    t = teacher_logits.detach()
+    log_ps = class_log_probs(student_logits)  # (B, K, *sp), K >= 2
+    ps = log_ps.exp()
+    pt = class_probs(t, temperature)
+    x, y = ps[:, 1:], pt[:, 1:]
+    axes = tuple(range(2, x.dim()))
+    sx, sy, sd = x.sum(axes), y.sum(axes), (x - y).abs().sum(axes)
+    dice = (sx + sy - sd + 1e-5) / (sx + sy + 1e-5)
+    dice_loss = (1.0 - dice).mean()
+    classes = torch.arange(ps.shape[1], device=ps.device).view(1, -1, *([1] * len(axes)))
+    is_target = predicted_labels(t).unsqueeze(1) == classes  # one-hot of argmax t, as a mask
+    bce = -torch.where(is_target, log_ps, _log1mexp(log_ps)).clamp_min(-100.0).mean()
+    return dice_loss + bce
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 7. KD-Net bottleneck KL (paper C)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def bottleneck_kl(student_bottleneck: Tensor, teacher_bottleneck: Tensor) -> Tensor:
+    """KD-Net latent KL (METHODS.md item 7; paper C, Hu et al. MICCAI 2020).
+
+    ``L_KL = KL(softmax(flat(b_t)) || softmax(flat(b_s)))``: each sample's bottleneck is flattened into one vector,
+    the KL is summed over that vector and averaged over the batch.
+
+    Args:
+        student_bottleneck: ``(B, ...)``.
+        teacher_bottleneck: same number of elements per sample (detached inside).
+
+    Returns:
+        Scalar loss.
+    """
+    s = student_bottleneck.float().flatten(1)
+    t = teacher_bottleneck.detach().float().flatten(1)
+    if s.shape != t.shape:
+        raise ConfigError(
+            f"bottleneck_kl: flattened sizes differ ({tuple(s.shape)} vs {tuple(t.shape)}); use an adapter"
+        )
+    log_q, log_p = F.log_softmax(s, dim=1), F.log_softmax(t, dim=1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 8. EMKD: attention map (IMD) and region affinity (RAD)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _attention(feat: Tensor, size: tuple[int, ...]) -> Tensor:
+    a = feat.float().pow(4).mean(dim=1, keepdim=True)
+    a = resize_to(a, size)
+    return F.normalize(a.flatten(1), dim=1)
+
+
+def attention_map_loss(student_feat: Tensor, teacher_feat: Tensor) -> Tensor:
+    """Importance-map distillation, IMD (METHODS.md item 8; Qin et al., "Efficient medical image segmentation based
+    on knowledge distillation", IEEE TMI 2021).
+
+    ``a = normalize(mean_c(x^4))`` (L2 over the pixels of each sample); the student map ``mean_c(x_s^4)`` is resized
+    (bilinear / trilinear) to the teacher's spatial size before the normalisation; ``L = mean_batch sum_pixels
+    (a_s - a_t)^2``. Channel counts need not match.
+
+    Args:
+        student_feat: ``(B, C_s, *spatial_s)``.
+        teacher_feat: ``(B, C_t, *spatial_t)`` (detached inside).
+
+    Returns:
+        Scalar loss in ``[0, 4]``.
+    """
+    _check_spatial(student_feat, "attention_map")
+    t = teacher_feat.detach()
+    size = tuple(t.shape[2:])
+    a_s, a_t = _attention(student_feat, size), _attention(t, size)
+    return (a_s - a_t).pow(2).sum(dim=1).mean()
+
+
+def _region_cosine(feat: Tensor, fg: Tensor) -> Tensor:
+    """Cosine between the mask-pooled mean foreground and background vectors of each sample."""
+    w = F.interpolate(fg, size=tuple(feat.shape[2:]), mode="area") if fg.shape[2:] != feat.shape[2:] else fg
+    f = feat.float().flatten(2)  # (B, C, N)
+    w = w.flatten(2)  # (B, 1, N)
+    mean_fg = (f * w).sum(-1) / w.sum(-1).clamp_min(1e-6)
+    mean_bg = (f * (1.0 - w)).sum(-1) / (1.0 - w).sum(-1).clamp_min(1e-6)
+    return F.cosine_similarity(mean_fg, mean_bg, dim=1, eps=1e-8)
+
+
+def region_affinity_loss(student_feat: Tensor, teacher_feat: Tensor, mask: Tensor) -> Tensor:
+    """Region-affinity distillation, RAD (METHODS.md item 8; Qin et al., IEEE TMI 2021).
+
+    Per sample, the mean foreground and mean background feature vectors are pooled with the ground-truth mask
+    (foreground = label > 0, all foreground classes together); ``cos`` is their cosine similarity and
+    ``L = mean_batch (cos_s - cos_t)^2``. The mask is brought to each feature map's size by area interpolation
+    (a soft mask: the foreground fraction of every feature cell), so small structures survive downsampling. An empty
+    foreground (or background) gives a zero vector and ``cos = 0``: the loss stays finite.
+
+    Args:
+        student_feat: ``(B, C_s, *spatial_s)``.
+        teacher_feat: ``(B, C_t, *spatial_t)`` (detached inside).
+        mask: ground truth ``(B, 1, *spatial)`` or ``(B, *spatial)`` integer labels (or a binary mask).
+
+    Returns:
+        Scalar loss in ``[0, 4]``.
+    """
+    _check_spatial(student_feat, "region_affinity")
+    nsp = student_feat.dim() - 2
+    if mask.dim() == nsp + 1:
+        mask = mask.unsqueeze(1)
+    if mask.dim() != nsp + 2 or mask.shape[1] != 1:
+        raise ConfigError(f"region_affinity: mask must be (B, 1, *spatial), got shape {tuple(mask.shape)}")
+    fg = (mask.detach() > 0).float()
+    cos_s = _region_cosine(student_feat, fg)
+    cos_t = _region_cosine(teacher_feat.detach(), fg)
+    return (cos_s - cos_t).pow(2).mean()
