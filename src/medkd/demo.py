@@ -85,7 +85,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, cases: int | None = 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise MedkdError(f"{out}: folder exists and is not empty; choose another --out or remove it")
-    n_cases = cases or (24 if quick else 64)
+    n_cases = cases or (24 if quick else 96)
     data_root = out / "data"
     typer.echo(f"[1/4] generating {n_cases} synthetic 2D cases from 4 sites -> {data_root}")
     generate_dataset(data_root, dim=2, cases=n_cases, sites=4, modalities=1, seed=seed,

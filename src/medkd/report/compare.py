@@ -139,6 +139,6 @@ def _verdict(label: str, ref: str, a: dict[str, float], b: dict[str, float]) -> 
         word = "was worse than"
     else:
         word = "did not differ significantly from"
-    p_txt = f"p = {_fmt_p(p)}" if p is not None else f"no p-value ({test['reason']})"
+    p_txt = ("p < 0.001" if p < 1e-3 else f"p = {p:.3f}") if p is not None else f"no p-value ({test['reason']})"
     return (f"{label} {word} {ref}: mean foreground Dice change {delta:+.3f} over {test['n']} paired test cases "
             f"(Wilcoxon signed-rank, {p_txt}).")
