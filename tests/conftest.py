@@ -59,13 +59,13 @@ def tiny_run_config(root: Path, **overrides):
     return parse_config(tiny_config(root, **overrides))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_config():
     """Factory fixture: ``make_config(root, **section_overrides)`` -> config dict."""
     return tiny_config
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_run_config():
     """Factory fixture: ``make_run_config(root, **section_overrides)`` -> RunConfig."""
     return tiny_run_config

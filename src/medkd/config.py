@@ -221,6 +221,8 @@ class DistillConfig(_Strict):
 
     teacher: TeacherConfig
     terms: list[dict[str, Any]] = Field(default_factory=list)
+    cache: bool = Field(False, description="compute the teacher's outputs once (float16, on disk) and reuse them")
+    cache_dir: str | None = Field(None, description="cache folder (default: RUN/teacher_cache)")
 
 
 class EvaluateConfig(_Strict):

@@ -14,8 +14,8 @@ from medkd.train.trainer import read_metrics, train
 
 
 def _weights(run_dir):
-    return load_file(str(run_dir / "checkpoints" / json.loads((run_dir / "checkpoints" / "last.json").read_text())["dir"]
-                         / "model.safetensors"))
+    last = json.loads((run_dir / "checkpoints" / "last.json").read_text())["dir"]
+    return load_file(str(run_dir / "checkpoints" / last / "model.safetensors"))
 
 
 def test_training_learns_an_easy_synthetic_task(tmp_path, make_run_config):
@@ -57,7 +57,7 @@ def test_resumed_run_ends_with_the_same_weights(synth2d, tmp_path, monkeypatch, 
                                 "augment": {"flip": True, "rot90": True}})
     train(cfg, tmp_path / "full", device="cpu")
 
-    real_iter = trainer_mod.iter_batches
+    real_iter = trainer_mod.iter_indexed_batches
     calls = {"n": 0}
 
     def killed_in_epoch_two(*args, **kwargs):
@@ -66,11 +66,11 @@ def test_resumed_run_ends_with_the_same_weights(synth2d, tmp_path, monkeypatch, 
             raise KeyboardInterrupt  # the process dies during epoch 2
         return real_iter(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_mod, "iter_batches", killed_in_epoch_two)
+    monkeypatch.setattr(trainer_mod, "iter_indexed_batches", killed_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "killed", device="cpu")
     assert json.loads((tmp_path / "killed/checkpoints/last.json").read_text())["epoch"] == 1
-    monkeypatch.setattr(trainer_mod, "iter_batches", real_iter)
+    monkeypatch.setattr(trainer_mod, "iter_indexed_batches", real_iter)
     with pytest.raises(MedkdError, match="already holds a run"):
         train(cfg, tmp_path / "killed", device="cpu")
     train(cfg, tmp_path / "killed", resume=True, device="cpu")

@@ -34,6 +34,7 @@ __all__ = [
     "build_bundle",
     "build_train_source",
     "iter_batches",
+    "iter_indexed_batches",
     "open_dataset",
 ]
 
@@ -174,6 +175,19 @@ class SliceSource:
     def samples(self, indices: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[indices], self.labels[indices]
 
+    @property
+    def deterministic(self) -> bool:
+        """Sample ``i`` is always the same tensor (before augmentation)."""
+        return True
+
+    def cache_keys(self, indices: torch.Tensor) -> torch.Tensor:
+        """Which distinct input each sample index shows (for the teacher-output cache)."""
+        return indices
+
+    @property
+    def num_distinct(self) -> int:
+        return len(self)
+
 
 class PatchSource:
     """3D training samples: random patches (half centred on foreground) of the training volumes."""
@@ -212,6 +226,18 @@ class PatchSource:
             return [int(min(max(c - p // 2, 0), s - p)) for c, p, s in zip(centre, self.patch, shape)]
         return [int(torch.randint(0, s - p + 1, (), generator=generator)) for p, s in zip(self.patch, shape)]
 
+    @property
+    def deterministic(self) -> bool:
+        """True when every patch is its whole (resized / padded) volume, so samples never vary."""
+        return all(tuple(v.shape[1:]) == self.patch for v in self.volumes)
+
+    def cache_keys(self, indices: torch.Tensor) -> torch.Tensor:
+        return indices % len(self.volumes)
+
+    @property
+    def num_distinct(self) -> int:
+        return len(self.volumes)
+
     def samples(self, indices: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         imgs, labs = [], []
         for i in indices.tolist():
@@ -240,6 +266,14 @@ def iter_batches(source: SliceSource | PatchSource, batch_size: int, generator: 
     With ``world_size > 1`` each rank takes its own interleaved share of every global batch of
     ``batch_size * world_size`` samples, so the union over ranks equals the single-process batch.
     """
+    for _, images, labels in iter_indexed_batches(source, batch_size, generator, rank, world_size, max_batches):
+        yield images, labels
+
+
+def iter_indexed_batches(source: SliceSource | PatchSource, batch_size: int, generator: torch.Generator,
+                         rank: int = 0, world_size: int = 1, max_batches: int | None = None
+                         ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """As :func:`iter_batches`, also yielding the sample indices of each batch first."""
     n = len(source)
     global_batch = batch_size * world_size
     if n < global_batch:
@@ -250,4 +284,5 @@ def iter_batches(source: SliceSource | PatchSource, batch_size: int, generator: 
         n_batches = min(n_batches, max_batches)
     for b in range(n_batches):
         idx = order[b * global_batch:(b + 1) * global_batch][rank::world_size]
-        yield source.samples(idx, generator)
+        images, labels = source.samples(idx, generator)
+        yield idx, images, labels

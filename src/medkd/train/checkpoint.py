@@ -41,8 +41,13 @@ __all__ = [
 
 def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Atomically save a flat tensor dict as safetensors (tensors made contiguous, shared storage split)."""
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    tensors = _plain(state)
     atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata or {}))
+
+
+def _plain(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU, contiguous copies without shared storage (what safetensors requires)."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
 
 
 def load_model_weights(model: torch.nn.Module, path: Path, strict: bool = True) -> None:
@@ -125,11 +130,10 @@ def save_checkpoint(ckpt_dir: Path, epoch: int, model_state: dict[str, torch.Ten
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in extras_state.items()},
-              str(tmp / "extras.safetensors"))
+    save_file(_plain(model_state), str(tmp / "model.safetensors"))
+    save_file(_plain(extras_state), str(tmp / "extras.safetensors"))
     tensors, skeleton = flatten_state(trainer_state)
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(tmp / "optimizer.safetensors"))
+    save_file(_plain(tensors), str(tmp / "optimizer.safetensors"))
     (tmp / "state.json").write_text(json.dumps(skeleton))
     if final.exists():
         shutil.rmtree(final)

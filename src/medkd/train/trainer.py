@@ -22,9 +22,9 @@ import torch
 from tqdm.auto import tqdm
 
 from medkd.config import RunConfig
-from medkd.data.augment import augment_batch
+from medkd.data.augment import apply_ops, augment_batch
 from medkd.data.check import ensure_usable
-from medkd.data.loader import build_bundle, build_train_source, iter_batches
+from medkd.data.loader import build_bundle, build_train_source, iter_indexed_batches
 from medkd.data.pipeline import prepare_cases
 from medkd.errors import ConfigError, MedkdError
 from medkd.io import atomic_write_json
@@ -105,6 +105,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
         folder.reset_logs()
     if not resume and folder.has_started():
         raise MedkdError(f"{run_dir}: run folder already holds a run; use --resume or another --out")
+    if world_size > 1:
+        torch.distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
 
     ensure_usable(cfg.data.root, cfg.data.format, cfg.data.label_map)
     bundle = build_bundle(cfg)
@@ -150,6 +152,21 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
             objective.setup(dict(ts.features), dict(tt.features))
         objective.to(dev)
 
+    cache = None
+    if objective is not None and cfg.distill.cache:
+        from medkd.distill.cache import TeacherCache, check_cacheable
+
+        check_cacheable(cfg.data.augment, source.deterministic)
+        keys = torch.arange(source.num_distinct)
+        inputs, _ = source.samples(keys, torch.Generator().manual_seed(0))
+        cache_dir = Path(cfg.distill.cache_dir) if cfg.distill.cache_dir else folder.path / "teacher_cache"
+        if world_size > 1 and not is_main:
+            torch.distributed.barrier()  # rank 0 builds the cache, the others then read it
+        cache = TeacherCache.build(cache_dir, teacher, inputs[:, tea_pos], t_taps, cfg.evaluate.batch_size, dev,
+                                   log=tqdm.write if is_main else (lambda _: None))
+        if world_size > 1 and is_main:
+            torch.distributed.barrier()
+
     descent = list(student.parameters()) + (list(objective.descent_parameters()) if objective else [])
     ascent = list(objective.ascent_parameters()) if objective else []
     optimizer = _make_optimizer(cfg, descent)
@@ -179,7 +196,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
 
     ddp_student = student
     if world_size > 1:
-        ddp_student = torch.nn.parallel.DistributedDataParallel(student)
+        ddp_student = torch.nn.parallel.DistributedDataParallel(student, find_unused_parameters=True)
 
     final_loss = float("nan")
     t_start = time.time()
@@ -191,14 +208,19 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
         bar = tqdm(total=per_epoch, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
                    disable=not (cfg.train.progress and is_main), dynamic_ncols=True)
         totals: dict[str, float] = {}
-        for images, labels in iter_batches(source, cfg.train.batch_size, epoch_gen, rank, world_size, per_epoch):
+        batches = iter_indexed_batches(source, cfg.train.batch_size, epoch_gen, rank, world_size, per_epoch)
+        for indices, images, labels in batches:
             batch = {"image": images[:, stu_pos], "label": labels}
-            if tea_pos is not None:
+            if tea_pos is not None and cache is None:
                 batch["teacher_image"] = images[:, tea_pos]
             batch = augment_batch(batch, cfg.data.augment, epoch_gen)
+            cached = None
+            if cache is not None:
+                cached = {k: apply_ops(v, batch["augment_ops"]).to(dev, non_blocking=True)
+                          for k, v in cache.get(source.cache_keys(indices)).items()}
             batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
             logs = _step(cfg, ddp_student, student, teacher, objective, seg_loss, s_taps, t_taps, batch,
-                         optimizer, ascent_opt, dev)
+                         optimizer, ascent_opt, dev, cached, world_size)
             if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step()
             step += 1
@@ -258,7 +280,9 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
 def _step(cfg: RunConfig, model: torch.nn.Module, student: torch.nn.Module, teacher: torch.nn.Module | None,
           objective: torch.nn.Module | None, seg_loss: torch.nn.Module, s_taps: list[str], t_taps: list[str],
           batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-          ascent_opt: torch.optim.Optimizer | None, dev: torch.device) -> dict[str, float]:
+          ascent_opt: torch.optim.Optimizer | None, dev: torch.device,
+          cached: dict[str, torch.Tensor] | None = None, world_size: int = 1) -> dict[str, float]:
+    """One optimisation step; ``cached`` replaces the teacher's forward with cached maps."""
     from medkd.models import FeatureTapper, normalize_output
 
     optimizer.zero_grad(set_to_none=True)
@@ -282,14 +306,19 @@ def _step(cfg: RunConfig, model: torch.nn.Module, student: torch.nn.Module, teac
             loss = loss + cfg.train.seg_loss.recon_weight * recon
             logs["recon_mse"] = float(recon.detach())
         if teacher is not None and objective is not None:
-            with torch.no_grad(), FeatureTapper(teacher, t_taps) as tt:
-                teacher(batch["teacher_image"])
-                t_feats = {k: v.detach() for k, v in tt.features.items()}
+            if cached is not None:
+                t_feats = cached
+            else:
+                with torch.no_grad(), FeatureTapper(teacher, t_taps) as tt:
+                    teacher(batch["teacher_image"])
+                    t_feats = {k: v.detach() for k, v in tt.features.items()}
             distill, terms = objective(s_feats, t_feats, batch)
             loss = loss + distill
             for name, value in terms.items():
                 logs[f"kd/{name}"] = float(value.detach())
     loss.backward()
+    if world_size > 1 and objective is not None:
+        _average_gradients(list(objective.parameters()), world_size)  # extras live outside DDP
     if cfg.train.grad_clip:
         torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.train.grad_clip)
     optimizer.step()
@@ -297,6 +326,13 @@ def _step(cfg: RunConfig, model: torch.nn.Module, student: torch.nn.Module, teac
         ascent_opt.step()
     logs["loss"] = float(loss.detach())
     return logs
+
+
+def _average_gradients(params: list[torch.nn.Parameter], world_size: int) -> None:
+    for p in params:
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= world_size
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

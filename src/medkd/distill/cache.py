@@ -1,0 +1,142 @@
+"""Teacher-output cache: the frozen teacher's tapped maps computed once, then read instead of recomputed.
+
+The cache holds, for every distinct training input, each tap the distillation terms need from the
+teacher (``logits`` and features), in half precision, in safetensors shards on disk. It is valid when
+the training inputs are deterministic (2D slices; 3D "patches" that are whole resized volumes) and
+their augmentation can be applied to the cached maps exactly: flips and 90-degree rotations are applied
+to the cached maps with the sample's ops (:func:`medkd.data.augment.apply_ops`). Intensity jitter or random
+3D crops would need the teacher to see the augmented input, so the cache refuses them.
+
+Note what "exactly" means: with flips / rotations on, the cached target is ``aug(teacher(x))``, while live
+distillation uses ``teacher(aug(x))``; the two are equal only for an equivariant teacher. With
+augmentation off they are the same up to half precision (tested).
+
+Example:
+    >>> cache = TeacherCache.build(run / "teacher_cache", teacher, source, positions, ["logits", "bottleneck"])
+    >>> feats = cache.get(source.cache_keys(indices))      # dict of float32 tensors
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from medkd.config import AugmentConfig
+from medkd.errors import ConfigError
+
+__all__ = ["TeacherCache", "check_cacheable", "fingerprint"]
+
+
+def check_cacheable(augment: AugmentConfig, deterministic: bool) -> None:
+    """Raise ConfigError when a cache could not reproduce what the teacher would see."""
+    if augment.intensity > 0:
+        raise ConfigError("distill.cache: data.augment.intensity changes what the teacher sees; "
+                          "set it to 0 or use live distillation (distill.cache: false)")
+    if not deterministic:
+        raise ConfigError("distill.cache: 3D random patches are not deterministic inputs; set data.volume_size "
+                          "equal to data.size (whole volumes) or use live distillation (distill.cache: false)")
+
+
+def fingerprint(teacher: torch.nn.Module, inputs: torch.Tensor, taps: Sequence[str]) -> str:
+    """Hash of the teacher's weights, the cached inputs and the taps (a stale cache is never reused)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(teacher.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    h.update(inputs.contiguous().numpy().tobytes())
+    h.update(json.dumps(sorted(taps)).encode())
+    return h.hexdigest()
+
+
+class TeacherCache:
+    """Read access to a built cache folder (``index.json`` + ``shard_XXXX.safetensors``)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.index = json.loads((self.folder / "index.json").read_text())
+        self.shard_size: int = self.index["shard_size"]
+        self.taps: list[str] = self.index["taps"]
+        self._handles = [safe_open(str(self.folder / name), framework="pt") for name in self.index["shards"]]
+
+    @property
+    def size_bytes(self) -> int:
+        return int(self.index["bytes"])
+
+    def get(self, keys: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The cached maps of the given inputs, stacked in order, as float32."""
+        out: dict[str, list[torch.Tensor]] = {t: [] for t in self.taps}
+        for k in keys.tolist():
+            shard, row = divmod(int(k), self.shard_size)
+            handle = self._handles[shard]
+            for tap in self.taps:
+                out[tap].append(handle.get_slice(tap)[row:row + 1])
+        return {t: torch.cat(v).float() for t, v in out.items()}
+
+    @classmethod
+    def build(cls, folder: Path, teacher: torch.nn.Module, inputs: torch.Tensor, taps: Sequence[str],
+              batch_size: int = 16, device: torch.device | str = "cpu", shard_size: int = 256,
+              log: Callable[[str], Any] = print) -> TeacherCache:
+        """Run the teacher once over ``inputs`` (N, C, *spatial) and write its taps, or reuse a matching cache.
+
+        Args:
+            folder: cache folder (created; replaced when its fingerprint does not match).
+            teacher: the frozen teacher.
+            inputs: every distinct training input, in key order, channels as the teacher reads them.
+            taps: teacher taps to keep (``logits`` and feature taps).
+            batch_size: teacher forward batch size.
+            device: where the teacher runs.
+            shard_size: inputs per shard file.
+            log: where the size announcement goes.
+        """
+        from medkd.models import FeatureTapper
+
+        folder = Path(folder)
+        taps = sorted(set(taps))
+        key = fingerprint(teacher, inputs, taps)
+        index_file = folder / "index.json"
+        if index_file.is_file() and json.loads(index_file.read_text()).get("fingerprint") == key:
+            cache = cls(folder)
+            log(f"teacher cache: reusing {folder} ({cache.size_bytes / 2**20:.1f} MiB)")
+            return cache
+        teacher.eval()
+        with torch.no_grad(), FeatureTapper(teacher, taps) as tapper:
+            teacher(inputs[:1].to(device))
+            shapes = {t: list(v.shape[1:]) for t, v in tapper.features.items()}
+        per_input = sum(2 * int(torch.tensor(s).prod()) for s in shapes.values())
+        total = per_input * inputs.shape[0]
+        n_shards = (inputs.shape[0] + shard_size - 1) // shard_size
+        log(f"teacher cache: {inputs.shape[0]} inputs x {len(taps)} taps = {total / 2**20:.1f} MiB (float16) "
+            f"in {n_shards} shard(s) -> {folder}")
+        tmp = folder.with_name(folder.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        shards = []
+        for s in range(n_shards):
+            block = inputs[s * shard_size:(s + 1) * shard_size]
+            parts: dict[str, list[torch.Tensor]] = {t: [] for t in taps}
+            with torch.no_grad(), FeatureTapper(teacher, taps) as tapper:
+                for start in range(0, block.shape[0], batch_size):
+                    teacher(block[start:start + batch_size].to(device))
+                    for t in taps:
+                        parts[t].append(tapper.features[t].detach().to("cpu", torch.float16))
+                    tapper.clear()
+            name = f"shard_{s:04d}.safetensors"
+            save_file({t: torch.cat(v).contiguous() for t, v in parts.items()}, str(tmp / name))
+            shards.append(name)
+        (tmp / "index.json").write_text(json.dumps({
+            "fingerprint": key, "taps": taps, "shapes": shapes, "n": int(inputs.shape[0]),
+            "shard_size": shard_size, "shards": shards, "bytes": total, "dtype": "float16",
+        }, indent=2))
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+        return cls(folder)
