@@ -194,6 +194,7 @@ class TrainConfig(_Strict):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     seg_loss: SegLossConfig = Field(default_factory=SegLossConfig)
     amp: Literal["none", "bf16", "fp16"] = "none"
+    channels_last: bool = Field(False, description="2D: NHWC memory format for the networks and batches (GPU)")
     val_every: int = Field(1, ge=1)
     grad_clip: float | None = Field(None, gt=0)
     threads: int | None = Field(None, ge=1)

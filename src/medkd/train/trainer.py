@@ -167,6 +167,12 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
         if world_size > 1 and is_main:
             torch.distributed.barrier()
 
+    memory_format = torch.channels_last if cfg.train.channels_last and cfg.data.dim == 2 else None
+    if memory_format is not None:
+        student.to(memory_format=memory_format)
+        if teacher is not None:
+            teacher.to(memory_format=memory_format)
+
     descent = list(student.parameters()) + (list(objective.descent_parameters()) if objective else [])
     ascent = list(objective.ascent_parameters()) if objective else []
     optimizer = _make_optimizer(cfg, descent)
@@ -218,7 +224,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
             if cache is not None:
                 cached = {k: apply_ops(v, batch["augment_ops"]).to(dev, non_blocking=True)
                           for k, v in cache.get(source.cache_keys(indices)).items()}
-            batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+            batch = {k: _to_device(v, dev, memory_format) for k, v in batch.items()}
             logs = _step(cfg, ddp_student, student, teacher, objective, seg_loss, s_taps, t_taps, batch,
                          optimizer, ascent_opt, dev, cached, world_size)
             if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -326,6 +332,16 @@ def _step(cfg: RunConfig, model: torch.nn.Module, student: torch.nn.Module, teac
         ascent_opt.step()
     logs["loss"] = float(loss.detach())
     return logs
+
+
+def _to_device(x: torch.Tensor, dev: torch.device, memory_format: torch.memory_format | None) -> torch.Tensor:
+    """Pinned, non-blocking copy to a GPU (plain on CPU); images in ``memory_format`` when given."""
+    if dev.type == "cuda":
+        x = x.pin_memory()
+    x = x.to(dev, non_blocking=True)
+    if memory_format is not None and x.ndim == 4 and x.is_floating_point():
+        x = x.contiguous(memory_format=memory_format)
+    return x
 
 
 def _average_gradients(params: list[torch.nn.Parameter], world_size: int) -> None:

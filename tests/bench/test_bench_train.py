@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from medkd.bench.train import MODES, bench_pair, render_markdown
+
+
+def test_bench_train_reports_every_mode_with_ratios():
+    rows = bench_pair("unet_s1", "unet_s1", (32, 32), 2, device="cpu", steps=1, warmup=0, num_classes=3)
+    assert [r["mode"] for r in rows] == list(MODES)
+    for r in rows:
+        assert r["samples_per_s"] > 0 and r["step_ms"] > 0 and r["process_peak_rss_mib"] > 0
+        assert r["step_vs_student_alone"] > 0 and r["speedup_vs_naive"] > 0
+    assert next(r for r in rows if r["mode"] == "student_alone")["step_vs_student_alone"] == 1.0
+    table = render_markdown(rows, "test machine")
+    assert table.count("\n| unet_s1 -> unet_s1") == len(MODES)
