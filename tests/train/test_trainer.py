@@ -121,3 +121,10 @@ def test_teacher_channel_subset_mismatch_is_a_clear_error(synth2d_mm, tmp_path, 
     data["data"]["teacher_channels"] = index_channels
     train(parse_config(data), tmp_path / "kd2", device="cpu")
     assert json.loads((tmp_path / "kd2/split.json").read_text())["channels"] == [index_channels[0]]
+
+
+def test_bf16_autocast_and_channels_last_train_on_cpu(synth2d, tmp_path, make_run_config):
+    cfg = make_run_config(synth2d, train={"epochs": 1, "batch_size": 4, "progress": False, "amp": "bf16",
+                                          "channels_last": True})
+    result = train(cfg, tmp_path / "run", device="cpu")
+    assert torch.isfinite(torch.tensor(result.final_loss))

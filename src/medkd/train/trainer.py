@@ -200,6 +200,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
         if is_main:
             folder.truncate_metrics(start_epoch)
 
+    scaler = torch.amp.GradScaler(dev.type) if cfg.train.amp == "fp16" and dev.type == "cuda" else None
     ddp_student = student
     if world_size > 1:
         ddp_student = torch.nn.parallel.DistributedDataParallel(student, find_unused_parameters=True)
@@ -226,7 +227,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
                           for k, v in cache.get(source.cache_keys(indices)).items()}
             batch = {k: _to_device(v, dev, memory_format) for k, v in batch.items()}
             logs = _step(cfg, ddp_student, student, teacher, objective, seg_loss, s_taps, t_taps, batch,
-                         optimizer, ascent_opt, dev, cached, world_size)
+                         optimizer, ascent_opt, dev, cached, world_size, scaler)
             if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step()
             step += 1
@@ -287,8 +288,9 @@ def _step(cfg: RunConfig, model: torch.nn.Module, student: torch.nn.Module, teac
           objective: torch.nn.Module | None, seg_loss: torch.nn.Module, s_taps: list[str], t_taps: list[str],
           batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
           ascent_opt: torch.optim.Optimizer | None, dev: torch.device,
-          cached: dict[str, torch.Tensor] | None = None, world_size: int = 1) -> dict[str, float]:
-    """One optimisation step; ``cached`` replaces the teacher's forward with cached maps."""
+          cached: dict[str, torch.Tensor] | None = None, world_size: int = 1,
+          scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+    """One optimisation step; ``cached`` replaces the teacher's forward; ``scaler`` is fp16 loss scaling."""
     from medkd.models import FeatureTapper, normalize_output
 
     optimizer.zero_grad(set_to_none=True)
@@ -322,14 +324,18 @@ def _step(cfg: RunConfig, model: torch.nn.Module, student: torch.nn.Module, teac
             loss = loss + distill
             for name, value in terms.items():
                 logs[f"kd/{name}"] = float(value.detach())
-    loss.backward()
+    (scaler.scale(loss) if scaler is not None else loss).backward()
     if world_size > 1 and objective is not None:
         _average_gradients(list(objective.parameters()), world_size)  # extras live outside DDP
     if cfg.train.grad_clip:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.train.grad_clip)
-    optimizer.step()
-    if ascent_opt is not None:
-        ascent_opt.step()
+    for opt in (optimizer, ascent_opt):
+        if opt is not None:
+            scaler.step(opt) if scaler is not None else opt.step()
+    if scaler is not None:
+        scaler.update()
     logs["loss"] = float(loss.detach())
     return logs
 
