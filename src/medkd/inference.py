@@ -11,7 +11,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,20 +31,21 @@ def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits, dim=1)
 
 
-def _forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _forward(model: torch.nn.Module | Callable[[torch.Tensor], Any], x: torch.Tensor) -> torch.Tensor:
     from medkd.models import normalize_output
 
     return normalize_output(model(x))
 
 
 @torch.no_grad()
-def predict_volume(model: torch.nn.Module, image: np.ndarray | torch.Tensor, dim: int, size: Sequence[int],
-                   volume_size: Sequence[int] | None = None, batch_size: int = 16, overlap: float = 0.25,
-                   device: torch.device | str = "cpu") -> torch.Tensor:
+def predict_volume(model: torch.nn.Module | Callable[[torch.Tensor], Any], image: np.ndarray | torch.Tensor, dim: int,
+                   size: Sequence[int], volume_size: Sequence[int] | None = None, batch_size: int = 16,
+                   overlap: float = 0.25, device: torch.device | str = "cpu") -> torch.Tensor:
     """Class probabilities (K, *spatial) for one case image (C, *spatial) at its original grid.
 
     Args:
-        model: network in eval mode.
+        model: network in eval mode, or any callable from a (B, C, *spatial) tensor to logits (e.g.
+            :class:`medkd.export.OnnxPredictor`).
         image: normalised image, channels first; a 2D model takes (C, X, Y, Z) or (C, X, Y).
         dim: the model's spatial dims (2 or 3).
         size: 2D training size (H, W), or 3D sliding-window ROI.

@@ -1,5 +1,9 @@
 """``medkd predict``: label maps for NIfTI images, written with the input's affine and shape.
 
+Two engines run the network: ``torch`` (the run's best weights, CPU or CUDA) and ``onnx`` (the run's ONNX
+export with onnxruntime's CPU provider; a run without a current export is exported first, see
+:func:`medkd.export.resolve_onnx_export`). Both apply the same preprocessing and write the same label maps.
+
 Inputs are NIfTI files or folders of them. Files named like nnU-Net channels (``<case>_0000.nii.gz``,
 ``<case>_0001.nii.gz``) are grouped into one multi-channel case; any other file is one case (a 4D file
 holds its channels on the last axis). Output: ``OUT/<case>.nii.gz`` with the dataset's label values.
@@ -9,20 +13,25 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from medkd.config import DataConfig, RunConfig
 from medkd.data.nifti_io import read_nifti, write_nifti
 from medkd.data.pipeline import prepare_arrays
-from medkd.errors import DataError, MedkdError
+from medkd.errors import DataError, MedkdError, unknown_name_error
 from medkd.inference import predict_volume
 from medkd.train.run_folder import load_run_model
 
-__all__ = ["collect_inputs", "predict_files"]
+__all__ = ["ENGINES", "collect_inputs", "predict_files", "run_label_values"]
+
+#: ``medkd predict --engine`` values.
+ENGINES: tuple[str, ...] = ("torch", "onnx")
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})\.nii(\.gz)?$")
 _NIFTI = re.compile(r"\.nii(\.gz)?$")
@@ -89,30 +98,79 @@ def _load_case(files: list[Path], n_channels: int) -> tuple[np.ndarray, np.ndarr
     return np.moveaxis(data, -1, 0).astype(np.float32), affine, data.shape[:-1]
 
 
-def predict_files(run_dir: str | Path, inputs: Sequence[str | Path], out_dir: str | Path,
-                  device: str | None = None, progress: bool = True) -> list[Path]:
-    """Predict every input case with a run's best weights; returns the written files."""
-    model, cfg = load_run_model(Path(run_dir))
-    info = json.loads((Path(run_dir) / "split.json").read_text())
-    n_channels = len(info["channels"])
-    label_values = list(range(len(info["classes"])))
-    if Path(info["dataset"]).is_dir():
+def run_label_values(cfg: RunConfig, split: dict[str, Any]) -> list[int]:
+    """The dataset label value of each class index of a run (class index when the dataset is not at hand)."""
+    label_values = list(range(len(split["classes"])))
+    if Path(split["dataset"]).is_dir():
         from medkd.data.loader import open_dataset
 
-        label_values = sorted(open_dataset(cfg.data, root=info["dataset"]).labels.values())
+        label_values = sorted(open_dataset(cfg.data, root=split["dataset"]).labels.values())
+    return [int(v) for v in label_values]
+
+
+def _torch_engine(run_dir: Path, device: str | None) -> tuple[Callable, dict[str, Any], torch.device]:
+    model, cfg = load_run_model(run_dir)
+    info = json.loads((run_dir / "split.json").read_text())
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    setup = {"data": cfg.data, "channels": len(info["channels"]), "label_values": run_label_values(cfg, info),
+             "batch_size": cfg.evaluate.batch_size, "sw_overlap": cfg.evaluate.sw_overlap}
+    return model.to(dev), setup, dev
+
+
+def _onnx_engine(target: Path, device: str | None) -> tuple[Callable, dict[str, Any], torch.device]:
+    from medkd.export import OnnxPredictor, resolve_onnx_export
+
+    if device not in (None, "cpu"):
+        raise MedkdError(f"--device {device}: the onnx engine runs on the CPU (onnxruntime's CPU provider)")
+    path, info, _ = resolve_onnx_export(target)
+    if info.get("format") != "onnx" or info.get("dim") not in (2, 3):
+        raise MedkdError(f"{path}: the export sidecar does not describe an ONNX export of a 2D or 3D network")
+    try:
+        data = DataConfig.model_validate(info["data"])
+        setup = {"data": data, "channels": len(info["channels"]), "label_values": [int(v) for v in
+                                                                                     info["label_values"]],
+                 "batch_size": int(info["evaluate"]["batch_size"]), "sw_overlap": float(info["evaluate"]["sw_overlap"])}
+        if isinstance(info["input_shape"][0], int):  # exported with a fixed batch size
+            setup["batch_size"] = int(info["input_shape"][0])
+    except (KeyError, TypeError, ValueError) as err:
+        raise MedkdError(f"{path}: incomplete export sidecar ({err.__class__.__name__}: {err}); export again") \
+            from None
+    return OnnxPredictor(path), setup, torch.device("cpu")
+
+
+def predict_files(run_dir: str | Path, inputs: Sequence[str | Path], out_dir: str | Path,
+                  device: str | None = None, progress: bool = True, engine: str = "torch") -> list[Path]:
+    """Predict every input case with a run's best weights; returns the written files.
+
+    Args:
+        run_dir: a trained run folder (with ``engine="onnx"`` also an export folder or a ``.onnx`` file).
+        inputs: NIfTI files or folders.
+        out_dir: where ``<case>.nii.gz`` label maps go.
+        device: torch device (``torch`` engine only).
+        progress: show a progress bar.
+        engine: ``"torch"`` or ``"onnx"`` (onnxruntime, CPU).
+
+    Returns:
+        The written label maps.
+    """
+    if engine not in ENGINES:
+        raise unknown_name_error("engine", engine, ENGINES)
+    run_dir = Path(run_dir)
+    predictor, setup, dev = (_torch_engine if engine == "torch" else _onnx_engine)(run_dir, device)
+    data_cfg: DataConfig = setup["data"]
+    n_channels = setup["channels"]
+    label_values = setup["label_values"]
     cases = collect_inputs(inputs, n_channels)
     out_dir = Path(out_dir)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model.to(dev)
     loaded = {cid: _load_case(files, n_channels) for cid, files in cases.items()}  # validate all before writing
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for cid, (image, affine, shape) in tqdm(loaded.items(), desc="predict", disable=not progress, leave=False):
         if not np.isfinite(image).all():
             raise MedkdError(f"{cases[cid][0]}: image contains NaN or Inf voxels")
-        pc = prepare_arrays(cid, None, image, None, affine, cfg.data)
-        probs = pc.restore(predict_volume(model, pc.image, cfg.data.dim, cfg.data.size, cfg.data.volume_size,
-                                          cfg.evaluate.batch_size, cfg.evaluate.sw_overlap, dev))
+        pc = prepare_arrays(cid, None, image, None, affine, data_cfg)
+        probs = pc.restore(predict_volume(predictor, pc.image, data_cfg.dim, data_cfg.size, data_cfg.volume_size,
+                                          setup["batch_size"], setup["sw_overlap"], dev))
         pred = np.asarray(label_values)[probs.argmax(0).numpy()].astype(np.uint8).reshape(shape)
         written.append(write_nifti(out_dir / f"{cid}.nii.gz", pred, affine=affine))
     return written

@@ -12,3 +12,16 @@ def test_bench_train_reports_every_mode_with_ratios():
     assert next(r for r in rows if r["mode"] == "student_alone")["step_vs_student_alone"] == 1.0
     table = render_markdown(rows, "test machine")
     assert table.count("\n| unet_s1 -> unet_s1") == len(MODES)
+
+
+def test_bench_train_cli_writes_json_and_markdown(tmp_path, capsys):
+    import json
+
+    from medkd.cli import main
+
+    argv = ["bench", "train", "--teacher", "unet_s2", "--student", "unet_s1", "--size", "32x32", "--batch", "2",
+            "--steps", "1", "--warmup", "0", "--device", "cpu", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    rows = json.loads((tmp_path / "training_bench.json").read_text())
+    assert {r["mode"] for r in rows} == set(MODES)
+    assert "cached" in (tmp_path / "training_bench.md").read_text()

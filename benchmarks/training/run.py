@@ -1,0 +1,53 @@
+"""Run ``medkd.bench.train`` for the issue's teacher -> student pairs and write JSON + markdown here.
+
+On a GPU: UNet++ -> ENet at 256x256 batch 16 and kdnet3d -> kdnet3d at 64^3 (the issue's set-ups).
+On a CPU the same pairs run at a reduced size so the benchmark finishes in minutes; the sizes are
+recorded in every row. Usage (from the project root)::
+
+    python benchmarks/training/run.py [--device cuda] [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from medkd.bench.train import bench_train, render_markdown
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=None)
+    args = parser.parse_args()
+    gpu = args.device.startswith("cuda")
+    if gpu:
+        pairs = [("unetplusplus", "enet", (256, 256), 16), ("kdnet3d", "kdnet3d", (64, 64, 64), 2)]
+        steps, warmup = args.steps or 20, 3
+    else:
+        pairs = [("unetplusplus", "enet", (128, 128), 4), ("kdnet3d", "kdnet3d", (32, 32, 32), 1)]
+        steps, warmup = args.steps or 4, 2
+    rows = bench_train(pairs, device=args.device, steps=steps, warmup=warmup)
+    machine = (torch.cuda.get_device_name(0) if gpu else
+               f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+               f"{torch.get_num_threads()} torch threads")
+    stem = "training_gpu" if gpu else "training_cpu"
+    record = {"machine": machine, "torch": torch.__version__, "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+              time.gmtime()), "load_average": os.getloadavg(), "steps": steps, "warmup": warmup, "rows": rows}
+    (HERE / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
+    note = ("\nCPU run at reduced sizes (the issue's 256x256 batch 16 / 64^3 set-ups are for a GPU); "
+            f"load average at the end {os.getloadavg()[0]:.2f}.\n" if not gpu else "")
+    (HERE / f"{stem}.md").write_text(render_markdown(rows, machine) + note)
+    print(render_markdown(rows, machine))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""``medkd bench infer`` on a tiny size: JSON structure, positive numbers, markdown (no timing thresholds)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medkd.bench.infer import TARGETS, render_markdown, time_ms
+from medkd.cli import main
+
+
+def test_time_ms_counts_warmup_and_repeats():
+    calls = []
+    times = time_ms(lambda: calls.append(1), repeats=4, warmup=2)
+    assert len(calls) == 6 and len(times) == 4 and all(t >= 0 for t in times)
+    # a time budget stops a slow measurement after 3 runs
+    assert len(time_ms(lambda: calls.append(1), repeats=50, warmup=0, max_seconds=0.0)) == 3
+
+
+def test_bench_infer_cli_writes_json_and_markdown(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "infer", "--models", "enet", "--size", "32", "--depth", "2", "--repeats", "1",
+                 "--warmup", "1", "--threads", "1", "--out", str(out)]) == 0
+    data = json.loads((out / "inference_cpu.json").read_text())
+    assert data["settings"]["size"] == [32, 32] and data["settings"]["depth"] == 2 and data["settings"]["threads"] == 1
+    assert data["machine"]["logical_cores"] >= 1 and data["machine"]["onnxruntime"]
+    assert len(data["load_average"]["before"]) == 3 and data["settings"]["max_busy"] is None
+    (row,) = data["models"]
+    assert row["name"] == "enet" and row["role"] == "student" and row["params"] > 0
+    assert row["safetensors_mb"] > 0 and row["onnx_mb"] > 0 and row["onnx_dynamic"] == "batch+spatial"
+    assert set(row["engines"]) == {"torch", "onnx"}
+    for engine, m in row["engines"].items():
+        assert m["ms_per_slice"]["median"] > 0 and m["ms_per_slice"]["runs"] == 1, engine
+        assert m["ms_per_volume"]["median"] > 0 and m["peak_rss_mb"] > m["base_rss_mb"] > 0, engine
+        assert m["threads"] == 1 and m["attempts"] == 1 and m["other_cpu_cores"] >= 0
+    assert row["engines"]["onnx"]["imports_torch"] is False  # the onnxruntime process never loads torch
+    assert row["speedup_vs_teacher"] is None  # no teacher in this run
+    onnx_ms = row["engines"]["onnx"]["ms_per_slice"]["median"]
+    assert data["targets"]["engines"]["onnx"]["student_ms_per_slice"] == onnx_ms
+    md = (out / "inference_cpu.md").read_text()
+    assert md == capsys.readouterr().out.rstrip("\n") + "\n"
+    assert "| enet | student |" in md and "## Issue targets" in md and "Load average" in md
+
+
+def test_markdown_states_the_targets_with_measured_ratio():
+    def row(name, role, ms):
+        eng = {"ms_per_slice": {"median": ms, "min": ms, "runs": 3}, "ms_per_volume": {"median": 10 * ms},
+               "peak_rss_mb": 100.0, "base_rss_mb": 50.0, "threads": 2}
+        return {"name": name, "role": role, "params": 1000, "safetensors_mb": 1.0, "onnx_mb": 1.0,
+                "engines": {"torch": eng, "onnx": eng}, "speedup_vs_teacher": None}
+
+    from medkd.bench.infer import _targets
+
+    rows = [row("unetplusplus", "teacher", 1500.0), row("enet", "student", 12.0)]
+    payload = {"settings": {"size": [256, 256], "threads": 2, "depth": 10, "in_channels": 1, "repeats": 20,
+                            "warmup": 3, "max_seconds": 30, "volume_repeats": 5, "volume": "v", "weights": "w",
+                            "num_classes": 4},
+               "reference_teacher": "unetplusplus", "models": rows, "targets": _targets(rows),
+               "machine": {"cpu": "x"}, "load_average": {"before": [0, 0, 0], "after": [0, 0, 0]}}
+    t = payload["targets"]["engines"]["torch"]
+    assert t["speedup"] == pytest.approx(125.0) and t["speedup_target_met"] and not t["ms_target_met"]
+    md = render_markdown(payload)
+    assert f"<= {TARGETS['max_ms_per_slice']:g} ms" in md and "12.0 ms — **not met**" in md
+    assert "1500.0 / 12.0 ms = 125.0x — **met**" in md
+
+
+def test_unknown_model_is_a_one_line_error(capsys):
+    assert main(["bench", "infer", "--models", "enett", "--size", "32"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown 2D model 'enett'" in err[0] and "enet" in err[0]
