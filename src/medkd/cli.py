@@ -1,7 +1,8 @@
 """The ``medkd`` command line (typer).
 
 Verbs read like sentences: ``medkd data synth OUT``, ``medkd train CONFIG``, ``medkd evaluate RUN``,
-``medkd predict RUN INPUT --out DIR``, ``medkd demo``. Errors a user can cause print one line
+``medkd predict RUN INPUT --out DIR``, ``medkd export RUN --format onnx``, ``medkd bench infer``,
+``medkd demo``. Errors a user can cause print one line
 (``error: <what and where>``) and exit with status 2; no traceback.
 """
 
@@ -20,6 +21,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Knowledge distillation for medical image segmentation.")
 data_app = typer.Typer(no_args_is_help=True, help="Make, check and inspect datasets.")
 app.add_typer(data_app, name="data")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: CPU inference of teachers and students.")
+app.add_typer(bench_app, name="bench")
+experiment_app = typer.Typer(no_args_is_help=True, help="Study experiments: a preset's grid of runs.")
+app.add_typer(experiment_app, name="experiment")
 
 
 @data_app.command("synth")
@@ -129,12 +134,41 @@ def predict_cmd(
     inputs: list[Path] = typer.Argument(..., help="NIfTI files or folders"),
     out: Path = typer.Option(..., "--out", help="output folder for label maps"),
     device: str | None = typer.Option(None, "--device"),
+    engine: str = typer.Option("torch", "--engine", help="torch (the run's weights) or onnx (onnxruntime, CPU; "
+                               "exports the run to RUN/export/model.onnx first when it has no current export)"),
 ) -> None:
     """Segment NIfTI images; outputs keep the input's affine and shape."""
-    from medkd.predict import predict_files
+    from medkd.predict import ENGINES, predict_files
 
-    written = predict_files(run_dir, inputs, out, device)
+    if engine not in ENGINES:
+        from medkd.errors import unknown_name_error
+
+        raise unknown_name_error("engine", engine, ENGINES)
+    if engine == "onnx":
+        from medkd.export import resolve_onnx_export
+
+        path, _, exported = resolve_onnx_export(run_dir)
+        if exported:
+            typer.echo(f"exported the run's best weights to {path} (no current ONNX export)")
+    written = predict_files(run_dir, inputs, out, device, engine=engine)
     typer.echo(f"wrote {len(written)} label map(s) to {out}")
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Path = typer.Argument(..., help="a trained run folder"),
+    format: str = typer.Option("onnx", "--format", help="onnx or torchscript"),
+    out: Path | None = typer.Option(None, "--out", help="file or folder (default: RUN/export/model.onnx | model.ts)"),
+    opset: int = typer.Option(17, "--opset", min=17, help="ONNX opset"),
+) -> None:
+    """Export the run's network alone (best weights, no distillation adapters) plus a JSON sidecar."""
+    from medkd.export import export_run, read_export_info, sidecar_path
+
+    path = export_run(run_dir, format, out, opset=opset)
+    info = read_export_info(path)
+    shape = "x".join(str(d) for d in info["input_shape"])
+    typer.echo(f"exported {info['model']} ({format}, input {info['input_name']} {shape}) to {path} "
+               f"(+ {sidecar_path(path).name})")
 
 
 @app.command("demo")
@@ -173,6 +207,86 @@ def losses_cmd() -> None:
         taps = info.get("taps") or info.get("student_taps")
         if taps:
             typer.echo(f"{'':<20} taps: {', '.join(taps) if not isinstance(taps, str) else taps}")
+
+
+@bench_app.command("infer")
+def bench_infer_cmd(
+    models: str | None = typer.Option(None, "--models", help="comma-separated 2D zoo model names (default: "
+                                      "unetplusplus,deeplabv3plus,enet,espnet,erfnet,unet_s1)"),
+    size: int = typer.Option(256, "--size", min=8, help="slice size (size x size)"),
+    depth: int = typer.Option(10, "--depth", min=1, help="slices per volume"),
+    repeats: int = typer.Option(20, "--repeats", min=1, help="timed runs per measurement (after warm-up)"),
+    warmup: int = typer.Option(3, "--warmup", min=0),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch / onnxruntime threads (default: cores)"),
+    max_busy: float | None = typer.Option(None, "--max-busy", help="wait until other processes use fewer CPU "
+                                          "cores than this before each measurement; redo disturbed ones"),
+    out: Path | None = typer.Option(None, "--out", help="folder for inference_cpu.json / inference_cpu.md"),
+) -> None:
+    """Teacher vs student CPU inference: ms per slice and volume (torch, onnxruntime), peak RSS, file sizes."""
+    from medkd.bench.infer import DEFAULT_MODELS, run_bench
+
+    names = list(DEFAULT_MODELS) if models is None else [m.strip() for m in models.split(",") if m.strip()]
+    result = run_bench(names, size=size, depth=depth, repeats=repeats, warmup=warmup, threads=threads,
+                       out=out, max_busy=max_busy)
+    typer.echo(result["markdown"])
+
+
+@bench_app.command("train")
+def bench_train_cmd(
+    teacher: str = typer.Option("unetplusplus", "--teacher"),
+    student: str = typer.Option("enet", "--student"),
+    size: str = typer.Option("256x256", "--size", help="input size, e.g. 256x256 or 64x64x64"),
+    batch: int = typer.Option(16, "--batch", min=1),
+    steps: int = typer.Option(10, "--steps", min=1, help="timed steps per mode (after warm-up)"),
+    warmup: int = typer.Option(2, "--warmup", min=0),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda (default: cuda if available)"),
+    out: Path | None = typer.Option(None, "--out", help="write training_bench.json + .md here"),
+) -> None:
+    """Distillation training throughput: student alone, live teacher (naive / bf16), cached teacher."""
+    import json
+
+    import torch
+
+    from medkd.bench.train import bench_pair, render_markdown
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    rows = bench_pair(teacher, student, _parse_size(size, "--size"), batch, dev, steps, warmup)
+    table = render_markdown(rows, dev)
+    if out is not None:
+        from medkd.io import atomic_write_text
+
+        atomic_write_text(out / "training_bench.json", json.dumps(rows, indent=2) + "\n")
+        atomic_write_text(out / "training_bench.md", table)
+    typer.echo(table)
+
+
+@experiment_app.command("run")
+def experiment_run_cmd(
+    preset: Path = typer.Argument(..., help="experiment preset (YAML), e.g. experiments/paper_a_acdc.yaml"),
+    budget: str = typer.Option("quick", "--budget", help="quick (2-core CPU) or full (GPU)"),
+    seeds: int | None = typer.Option(None, "--seeds", min=1, help="seeds of the headline runs (default: preset)"),
+    out: Path | None = typer.Option(None, "--out", help="experiment folder (default: runs/<preset name>)"),
+    only: str | None = typer.Option(None, "--only", help="run names matching this pattern (+ their teachers)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the grid and exit"),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda (default: cuda if available)"),
+) -> None:
+    """Train and evaluate a preset's grid; finished runs are skipped, so a killed experiment resumes."""
+    from medkd.experiment.runner import run_experiment
+
+    run_experiment(preset, out or Path("runs") / preset.stem, budget, seeds, only, dry_run, device, echo=typer.echo)
+
+
+@app.command("report")
+def report_cmd(
+    folder: Path = typer.Argument(..., help="an experiment folder (from `medkd experiment run`)"),
+    out: Path | None = typer.Option(None, "--out", help="results folder (default: the experiment folder)"),
+    note: str | None = typer.Option(None, "--note", help="a sentence added to the report (e.g. machine sharing)"),
+) -> None:
+    """Render an experiment's tables, statistics and figures to report.md + report.html (and per-run JSON)."""
+    from medkd.experiment.report import render_report
+
+    md, html = render_report(folder, out, note)
+    typer.echo(f"report: {md} and {html}")
 
 
 def _parse_size(text: str, option: str) -> tuple[int, ...]:
