@@ -1,0 +1,8 @@
+"""Study experiments: presets expanded into grids of runs, run resumably, and rendered as reports."""
+
+from __future__ import annotations
+
+from medkd.experiment.preset import ExperimentPreset, RunSpec, expand_grid, load_preset
+from medkd.experiment.runner import run_experiment, run_status
+
+__all__ = ["ExperimentPreset", "RunSpec", "expand_grid", "load_preset", "run_experiment", "run_status"]
