@@ -359,6 +359,7 @@ def run_bench(
     max_seconds: float = 30.0,
     check_export: bool = True,
     timeout_s: float = 1800.0,
+    stem: str = "inference_cpu",
 ) -> dict[str, Any]:
     """Measure every model with both engines, each in a fresh process; write JSON + markdown to ``out``.
 
@@ -369,7 +370,7 @@ def run_bench(
         repeats: timed runs per slice measurement (after ``warmup``).
         warmup: untimed runs first (volumes get at most 1).
         threads: torch / onnxruntime intra-op threads (default: all logical cores).
-        out: folder for ``inference_cpu.json`` and ``inference_cpu.md`` (nothing written when None).
+        out: folder for ``<stem>.json`` and ``<stem>.md`` (nothing written when None).
         max_busy: before each worker, wait until other processes use fewer cores than this; redo a worker
             during which they used more (see the module docstring). None measures at once.
         retries: re-runs of a disturbed worker.
@@ -380,6 +381,7 @@ def run_bench(
         max_seconds: a measurement stops after this long once it has 3 runs.
         check_export: verify each ONNX export against PyTorch with onnxruntime.
         timeout_s: per worker process.
+        stem: file name stem of the outputs in ``out``.
 
     Returns:
         The JSON payload plus ``"markdown"`` (the rendered table).
@@ -439,8 +441,8 @@ def run_bench(
         from medkd.io import atomic_write_json, atomic_write_text
 
         out = Path(out)
-        atomic_write_json(out / "inference_cpu.json", payload)
-        atomic_write_text(out / "inference_cpu.md", markdown)
+        atomic_write_json(out / f"{stem}.json", payload)
+        atomic_write_text(out / f"{stem}.md", markdown)
     return {**payload, "markdown": markdown}
 
 

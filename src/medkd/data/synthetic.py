@@ -25,7 +25,7 @@ The folder follows nnU-Net v2's raw layout (``dataset.json``, ``imagesTr/<case>_
 ``labelsTr/<case>.nii.gz``; 2D cases as (H, W, 1) volumes) plus ``sites.json``.
 
 Example:
-    >>> path = generate_dataset("/tmp/synth2d", dim=2, cases=12, sites=3, modalities=2, seed=0)  # doctest: +SKIP
+    >>> path = generate_dataset("synth2d", dim=2, cases=12, sites=3, modalities=2, seed=0)  # doctest: +SKIP
     >>> print(load_summary(path))  # doctest: +SKIP
 """
 
