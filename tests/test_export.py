@@ -136,6 +136,19 @@ def test_fixed_size_network_falls_back_to_a_dynamic_batch_only(tmp_path):
     assert not (tmp_path / "forced.onnx").exists()
 
 
+def test_prelu_is_exported_as_relu_nodes_with_the_same_values(tmp_path):
+    net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.PReLU(3), nn.Conv2d(3, 2, 1), nn.PReLU()).eval()
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([0.1, -0.5, 2.0]))
+    path = export_onnx(net, tmp_path / "prelu.onnx", torch.randn(1, 1, 8, 8))
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "PRelu" not in ops and "Relu" in ops
+    assert isinstance(net[1], nn.PReLU)  # the caller's network is untouched
+    x = torch.randn(2, 1, 12, 8)
+    with torch.no_grad():
+        _close(OnnxPredictor(path)(x).numpy(), net(x).numpy())
+
+
 def test_bad_example_is_a_one_line_error(tmp_path):
     with pytest.raises(MedkdError, match="example must be"):
         export_onnx(_DeepSupervision(), tmp_path / "x.onnx", torch.randn(16, 16))

@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--max-busy", type=float, default=0.3, help="CPU cores other processes may use")
     parser.add_argument("--wait-budget", type=float, default=600.0, help="seconds of waiting / re-runs at most")
     parser.add_argument("--stem", default="inference_cpu", help="output file name stem")
+    parser.add_argument("--note", default=None, help="a paragraph for the markdown")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     models = [m for m in args.models.split(",") if m]
@@ -36,7 +37,7 @@ def main() -> None:
         result = run_bench(models[-2:], size=32, depth=2, repeats=1, warmup=0, threads=args.threads)
     else:
         result = run_bench(models, size=args.size, depth=args.depth, repeats=args.repeats, threads=args.threads,
-                           max_busy=args.max_busy, wait_budget_s=args.wait_budget, stem=args.stem,
+                           max_busy=args.max_busy, wait_budget_s=args.wait_budget, stem=args.stem, note=args.note,
                            out=Path(__file__).resolve().parent)
     print(result["markdown"])
 

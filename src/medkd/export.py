@@ -6,9 +6,11 @@ full-resolution head (list / tuple / dict outputs go through :func:`medkd.models
 ONNX files are written with PyTorch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``):
 the dynamo exporter needs the ``onnxscript`` package, which medkd does not require, while the TorchScript-based
 one works offline for every zoo student (ENet, ESPNet, ERFNet, the small U-Nets, MONAI's UNet) and teacher.
-Batch and spatial axes are exported as dynamic; each export is checked with onnxruntime against PyTorch on the
-example and on a probe of another batch and spatial size, and falls back to a dynamic batch only, then to a
-fixed shape, for networks whose graph bakes in the input size (e.g. a ViT with fixed position embeddings).
+``nn.PReLU`` layers are exported as ``relu(x) - a * relu(-x)`` (the same values; onnxruntime's ``PRelu`` kernel
+is slow on CPUs). Batch and spatial axes are exported as dynamic; each export is checked with onnxruntime against
+PyTorch on the example and on a probe of another batch and spatial size, and falls back to a dynamic batch only,
+then to a fixed shape, for networks whose graph bakes in the input size (e.g. a ViT with fixed position
+embeddings).
 
 :func:`export_run` exports the network of a run folder alone (``checkpoints/best.safetensors``; distillation
 adapters and projection heads live in the separate extras file and are never part of it) and writes a JSON
@@ -80,6 +82,38 @@ class LogitsModel(nn.Module):
         from medkd.models import normalize_output
 
         return normalize_output(self.net(x))
+
+
+class _DecomposedPReLU(nn.Module):
+    """``PReLU`` as ``relu(x) - a * relu(-x)``: the same values, but plain Relu / Mul / Sub nodes in ONNX.
+
+    onnxruntime's CPU ``PRelu`` kernel with a per-channel slope is slow and breaks its blocked-layout convolution
+    chains (ENet at 256 x 256 spends about half its time there), so ONNX export rewrites every ``nn.PReLU``.
+    """
+
+    def __init__(self, prelu: nn.PReLU) -> None:
+        super().__init__()
+        self.weight = prelu.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.weight
+        if a.numel() > 1:
+            a = a.reshape(1, -1, *([1] * (x.ndim - 2)))
+        return torch.relu(x) - a * torch.relu(-x)
+
+
+def _onnx_friendly(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` with every ``nn.PReLU`` replaced by :class:`_DecomposedPReLU` (``net`` if it has none)."""
+    if not any(isinstance(m, nn.PReLU) for m in net.modules()):
+        return net
+    import copy
+
+    clone = copy.deepcopy(net)
+    for parent in list(clone.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.PReLU):
+                setattr(parent, name, _DecomposedPReLU(child))
+    return clone
 
 
 def _inner(model: nn.Module) -> nn.Module:
@@ -186,13 +220,15 @@ def _export_onnx(model: nn.Module, path: Path, example: torch.Tensor, opset: int
     x = _example(net, example)
     spatial_dims = x.ndim - 2
     wrapper = LogitsModel(net)
+    exported = LogitsModel(_onnx_friendly(net))
     modes = {None: ["batch+spatial", "batch", "static"], True: ["batch+spatial"], False: ["static"]}[dynamic]
     with _eval_mode(net):
         wrapper.eval()
+        exported.eval()
         ref = _run(wrapper, x)
         failures: list[str] = []
         for mode in modes:
-            data = _onnx_bytes(wrapper, x, opset, _axes(mode, spatial_dims), path)
+            data = _onnx_bytes(exported, x, opset, _axes(mode, spatial_dims), path)
             if not check:
                 return _write_onnx(path, data, mode, spatial_dims, x, None, opset)
             session = _session(data)

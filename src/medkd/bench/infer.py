@@ -360,6 +360,7 @@ def run_bench(
     check_export: bool = True,
     timeout_s: float = 1800.0,
     stem: str = "inference_cpu",
+    note: str | None = None,
 ) -> dict[str, Any]:
     """Measure every model with both engines, each in a fresh process; write JSON + markdown to ``out``.
 
@@ -382,6 +383,7 @@ def run_bench(
         check_export: verify each ONNX export against PyTorch with onnxruntime.
         timeout_s: per worker process.
         stem: file name stem of the outputs in ``out``.
+        note: a paragraph added to the markdown (and the JSON).
 
     Returns:
         The JSON payload plus ``"markdown"`` (the rendered table).
@@ -435,6 +437,7 @@ def run_bench(
         "reference_teacher": None if teacher is None else teacher["name"],
         "models": rows,
         "targets": _targets(rows),
+        "note": note,
     }
     markdown = render_markdown(payload)
     if out is not None:
@@ -511,6 +514,8 @@ def render_markdown(payload: dict[str, Any]) -> str:
            f"{s['retries']} times) when others used more while it ran (`attempts`, `waited_s` in the JSON)."
            if s.get("max_busy") is not None else ""),
     ]
+    if payload.get("note"):
+        lines += ["", "## Note", "", payload["note"]]
     return "\n".join(lines) + "\n"
 
 
