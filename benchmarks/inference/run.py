@@ -6,7 +6,7 @@ a 256 x 256 x 10 volume, all logical cores, random-init weights (timing does not
 
 Usage::
 
-    python benchmarks/inference/run.py                    # each measurement waits for a quiet CPU (< 0.3 cores
+    python benchmarks/inference/run.py                    # each measurement waits for a quiet CPU (< 0.1 cores
                                                           # busy elsewhere) and is redone if disturbed
     python benchmarks/inference/run.py --quick            # smoke test: 32 x 32, 1 repeat, writes nothing
 """
@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--max-busy", type=float, default=0.3, help="CPU cores other processes may use")
+    parser.add_argument("--max-busy", type=float, default=0.1, help="CPU cores other processes may use")
     parser.add_argument("--wait-budget", type=float, default=600.0, help="seconds of waiting / re-runs at most")
     parser.add_argument("--stem", default="inference_cpu", help="output file name stem")
     parser.add_argument("--note", default=None, help="a paragraph for the markdown")
