@@ -185,9 +185,12 @@ def register_format(name: str, detector: Callable[[Path], bool]) -> Callable[[Fo
     return deco
 
 
-def _load_dataset_json(root: Path) -> dict[str, Any]:
+def _load_dataset_json(root: Path, required: bool = True) -> dict[str, Any]:
+    """``root/dataset.json`` as a dict; ``{}`` when it is absent and not ``required``."""
     path = root / "dataset.json"
     if not path.is_file():
+        if not required:
+            return {}
         raise DataError(f"{path}: dataset.json not found")
     try:
         data = json.loads(path.read_text())

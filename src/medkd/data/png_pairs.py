@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from medkd.data.formats import (
     DatasetIndex,
     _channel_names,
     _labels_from_json,
+    _load_dataset_json,
     _read_sites,
     register_format,
 )
@@ -103,14 +103,7 @@ def read_png_pairs(root: Path) -> DatasetIndex:
     if not images_dir.is_dir() or not masks_dir.is_dir():
         raise DataError(f"{root}: expected 'images/' and 'masks/' folders of PNG files")
     json_path = root / "dataset.json"
-    data: dict = {}
-    if json_path.is_file():
-        try:
-            data = json.loads(json_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise DataError(f"{json_path}: not valid JSON") from None
-        if not isinstance(data, dict):
-            raise DataError(f"{json_path}: expected a JSON object")
+    data = _load_dataset_json(root, required=False)
     issues: list[str] = []
     images: dict[str, Path] = {}
     masks: dict[str, Path] = {}

@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from medkd.data.formats import (
     DatasetIndex,
     _channel_names,
     _labels_from_json,
+    _load_dataset_json,
     register_format,
 )
 from medkd.errors import DataError
@@ -77,12 +77,7 @@ def read_site_folders(root: Path) -> DatasetIndex:
     json_path = root / "dataset.json"
     channels, labels, merge_above = [DEFAULT_CHANNEL], dict(DEFAULT_LABELS), 1
     if json_path.is_file():
-        try:
-            data = json.loads(json_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise DataError(f"{json_path}: not valid JSON") from None
-        if not isinstance(data, dict):
-            raise DataError(f"{json_path}: expected a JSON object")
+        data = _load_dataset_json(root)
         if "channel_names" in data or "modality" in data:
             channels = _channel_names(data, json_path)
             if len(channels) != 1:
