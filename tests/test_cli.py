@@ -46,7 +46,8 @@ def test_train_evaluate_predict_roundtrip(trained, capsys):
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 1  # --set applied
     assert main(["evaluate", str(run), "--split", "test"]) == 0
     summary = json.loads((run / "evaluation" / "summary.json").read_text())
-    assert summary["split"] == "test" and summary["n_cases"] == len(json.loads((run / "split.json").read_text())["test"])
+    test_cases = json.loads((run / "split.json").read_text())["test"]
+    assert summary["split"] == "test" and summary["n_cases"] == len(test_cases)
     assert (run / "evaluation" / "per_case.csv").read_text().startswith("case,site,class,dice")
     out = base / "pred"
     image = next((data / "imagesTr").glob("*_0000.nii.gz"))

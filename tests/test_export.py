@@ -136,13 +136,17 @@ def test_fixed_size_network_falls_back_to_a_dynamic_batch_only(tmp_path):
     assert not (tmp_path / "forced.onnx").exists()
 
 
-def test_prelu_is_exported_as_relu_nodes_with_the_same_values(tmp_path):
+def test_prelu_is_exported_as_leaky_relu_or_relu_nodes_with_the_same_values(tmp_path):
     net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.PReLU(3), nn.Conv2d(3, 2, 1), nn.PReLU()).eval()
     with torch.no_grad():
         net[1].weight.copy_(torch.tensor([0.1, -0.5, 2.0]))
+        net[3].weight.fill_(-0.3)  # a learned slope may leave (0, 1)
     path = export_onnx(net, tmp_path / "prelu.onnx", torch.randn(1, 1, 8, 8))
-    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
-    assert "PRelu" not in ops and "Relu" in ops
+    nodes = onnx.load(str(path)).graph.node
+    ops = [n.op_type for n in nodes]
+    assert "PRelu" not in ops and "Relu" in ops  # the per-channel PReLU, decomposed
+    (leaky,) = [n for n in nodes if n.op_type == "LeakyRelu"]  # the single-slope one
+    assert onnx.helper.get_attribute_value(leaky.attribute[0]) == pytest.approx(-0.3)
     assert isinstance(net[1], nn.PReLU)  # the caller's network is untouched
     x = torch.randn(2, 1, 12, 8)
     with torch.no_grad():

@@ -6,11 +6,12 @@ full-resolution head (list / tuple / dict outputs go through :func:`medkd.models
 ONNX files are written with PyTorch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``):
 the dynamo exporter needs the ``onnxscript`` package, which medkd does not require, while the TorchScript-based
 one works offline for every zoo student (ENet, ESPNet, ERFNet, the small U-Nets, MONAI's UNet) and teacher.
-``nn.PReLU`` layers are exported as ``relu(x) - a * relu(-x)`` (the same values; onnxruntime's ``PRelu`` kernel
-is slow on CPUs). Batch and spatial axes are exported as dynamic; each export is checked with onnxruntime against
-PyTorch on the example and on a probe of another batch and spatial size, and falls back to a dynamic batch only,
-then to a fixed shape, for networks whose graph bakes in the input size (e.g. a ViT with fixed position
-embeddings).
+``nn.PReLU`` layers are exported as ``LeakyRelu`` with the learned slope when they have a single one, else as
+``relu(x) - a * relu(-x)``: the same values, but onnxruntime's ``PRelu`` kernel is slow on CPUs and breaks its
+blocked-layout convolution chains, while it fuses ``LeakyRelu`` into the preceding convolution.
+Batch and spatial axes are exported as dynamic; each export is checked with onnxruntime against PyTorch on the
+example and on a probe of another batch and spatial size, and falls back to a dynamic batch only, then to a fixed
+shape, for networks whose graph bakes in the input size (e.g. a ViT with fixed position embeddings).
 
 :func:`export_run` exports the network of a run folder alone (``checkpoints/best.safetensors``; distillation
 adapters and projection heads live in the separate extras file and are never part of it) and writes a JSON
@@ -102,8 +103,16 @@ class _DecomposedPReLU(nn.Module):
         return torch.relu(x) - a * torch.relu(-x)
 
 
+def _prelu_for_onnx(prelu: nn.PReLU) -> nn.Module:
+    """``nn.LeakyReLU`` with the learned slope for a single-slope PReLU (the same function at inference: onnxruntime
+    fuses it into the preceding Conv), :class:`_DecomposedPReLU` for a per-channel one."""
+    if prelu.weight.numel() == 1:
+        return nn.LeakyReLU(float(prelu.weight.detach()))
+    return _DecomposedPReLU(prelu)
+
+
 def _onnx_friendly(net: nn.Module) -> nn.Module:
-    """A copy of ``net`` with every ``nn.PReLU`` replaced by :class:`_DecomposedPReLU` (``net`` if it has none)."""
+    """A copy of ``net`` with every ``nn.PReLU`` replaced by :func:`_prelu_for_onnx` (``net`` if it has none)."""
     if not any(isinstance(m, nn.PReLU) for m in net.modules()):
         return net
     import copy
@@ -112,7 +121,7 @@ def _onnx_friendly(net: nn.Module) -> nn.Module:
     for parent in list(clone.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.PReLU):
-                setattr(parent, name, _DecomposedPReLU(child))
+                setattr(parent, name, _prelu_for_onnx(child))
     return clone
 
 

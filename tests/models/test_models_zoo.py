@@ -198,12 +198,36 @@ def test_transunet_accepts_other_sizes_than_img_size():
             assert model(torch.zeros(1, 1, *s)).shape == (1, 2, *s)
 
 
-def test_enet_unpool_equals_torch_max_unpool():
-    from medkd.models.enet import _MaxUnpool2x
+@pytest.mark.parametrize("kind", ["random", "ties", "constant", "odd"])
+def test_enet_pool_and_unpool_equal_torch_max_pool_and_unpool(kind):
+    """ENet's winners-based pool / unpool give the values and gradients of max_pool2d / max_unpool2d, ties too."""
+    from medkd.models.enet import _MaxUnpool2x, max_pool2x_with_winners
 
-    x = torch.randn(2, 3, 8, 12)
-    pooled, idx = torch.nn.functional.max_pool2d(x, 2, return_indices=True)
-    assert torch.equal(_MaxUnpool2x()(pooled, idx), torch.nn.functional.max_unpool2d(pooled, idx, 2))
+    gen = torch.Generator().manual_seed(0)
+    shape = (2, 3, 9, 13) if kind == "odd" else (2, 3, 8, 12)
+    x = {
+        "random": lambda: torch.randn(shape, generator=gen),
+        "ties": lambda: torch.randint(0, 3, shape, generator=gen).float(),  # most windows hold a tie
+        "constant": lambda: torch.zeros(shape),  # MRI background: every window is one four-way tie
+        "odd": lambda: torch.randn(shape, generator=gen),
+    }[kind]()
+    up = torch.randn(2, 3, 4, 6, generator=gen)
+
+    ours_in = x.clone().requires_grad_(True)
+    pooled, winners = max_pool2x_with_winners(ours_in)
+    unpooled = _MaxUnpool2x()(pooled * up, winners)
+    unpooled.square().sum().backward()
+
+    ref_in = x.clone().requires_grad_(True)
+    ref_pooled, idx = torch.nn.functional.max_pool2d(ref_in, 2, return_indices=True)
+    ref_unpooled = torch.nn.functional.max_unpool2d(ref_pooled * up, idx, 2, output_size=shape[-2:])
+    ref_unpooled = ref_unpooled[..., :8, :12]  # odd input: the trailing row / column are never a maximum
+    ref_unpooled.square().sum().backward()
+
+    assert torch.equal(pooled, ref_pooled)
+    assert torch.equal(unpooled, ref_unpooled)
+    assert torch.equal(ours_in.grad, ref_in.grad)
+    assert winners.dtype == torch.int64 and int(winners.min()) >= 0 and int(winners.max()) <= 3
 
 
 @pytest.mark.parametrize("name", ["enet", "espnet", "erfnet", "unet_s1", "unet_s2"])

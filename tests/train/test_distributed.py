@@ -26,7 +26,8 @@ def test_two_cpu_processes_match_one_process(synth2d, tmp_path, make_config):
     # instance norm (no batch statistics) so the per-rank batches see exactly what one process sees
     base = make_config(synth2d, name="ddp", model={"name": "monai.BasicUNet",
                                                    "kwargs": {"features": [8, 8, 16, 16, 32, 8]}},
-                       train={"epochs": 2, "batch_size": 2, "progress": False, "optimizer": {"name": "sgd", "lr": 0.05}})
+                       train={"epochs": 2, "batch_size": 2, "progress": False,
+                              "optimizer": {"name": "sgd", "lr": 0.05}})
     base["data"]["augment"] = {"flip": False, "rot90": False}
     config = tmp_path / "ddp.yaml"
     config.write_text(yaml.safe_dump(base))
