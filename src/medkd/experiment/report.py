@@ -192,23 +192,31 @@ def _paper_a(doc: Document, ctx: ReportContext, preset: dict[str, Any], stats: d
         doc.table(headers, rows_out, caption=_footnote(ctx, "cells: mean foreground Dice per test volume"))
 
 
+def _params_text(runs: list[RunRecord], digits: int = 2) -> str:
+    return f"{runs[0].params / 1e6:.{digits}f} M" if runs and runs[0].params else "n/a"
+
+
+def _comparison_cells(ctx: ReportContext, runs: list[RunRecord], base_runs: list[RunRecord] | None,
+                      n_text: str, stats: dict[str, Any] | None = None, key: str | None = None) -> list[str]:
+    """The "Δ vs baseline", "p (Wilcoxon)" and "n" cells of a row (blank Δ and p for the baseline itself);
+    records the comparison in ``stats[key]``."""
+    if base_runs is None:
+        return ["", "", n_text]
+    test = _significance(ctx, runs, base_runs)
+    delta = _delta(row_values(runs), row_values(base_runs))
+    if stats is not None and key is not None:
+        stats[key] = {"delta": delta, "wilcoxon": {k: v for k, v in test.items() if k != "cases"}}
+    return [delta, f"{_fmt_p(test)} (n={test['n']})", n_text]
+
+
 def _site_row(ctx: ReportContext, label: str, runs: list[RunRecord], cells: list[str],
               base_runs: list[RunRecord] | None, stats: dict[str, Any] | None = None, key: str | None = None
               ) -> list[str]:
-    row = [label, f"{runs[0].params / 1e6:.2f} M" if runs and runs[0].params else "n/a"]
+    row = [label, _params_text(runs)]
     for cell in cells:
         row.append(_fmt(row_values([r for r in runs if r.cell == cell])))
-    vals = row_values(runs)
-    row.append(_fmt(vals))
-    if base_runs is None:
-        row += ["", "", _seeds_text(runs)]
-        return row
-    test = _significance(ctx, runs, base_runs)
-    if stats is not None and key is not None:
-        stats[key] = {"delta": _delta(vals, row_values(base_runs)), "wilcoxon": {k: v for k, v in test.items()
-                                                                                  if k != "cases"}}
-    row += [_delta(vals, row_values(base_runs)), f"{_fmt_p(test)} (n={test['n']})", _seeds_text(runs)]
-    return row
+    row.append(_fmt(row_values(runs)))
+    return row + _comparison_cells(ctx, runs, base_runs, _seeds_text(runs), stats, key)
 
 
 # --------------------------------------------------------------------------------------------- thesis B
@@ -222,7 +230,7 @@ def _thesis_b(doc: Document, ctx: ReportContext, preset: dict[str, Any], stats: 
         runs = ctx.runs(f"teacher-{tkey}")
         psnr = [r.reconstruction["psnr"]["mean"] for r in runs if r.reconstruction and
                 r.reconstruction["psnr"]["mean"] is not None]
-        rows_out.append([_label(preset, "teachers", tkey), f"{runs[0].params / 1e6:.2f} M" if runs[0].params else "n/a"]
+        rows_out.append([_label(preset, "teachers", tkey), _params_text(runs)]
                         + [_fmt(row_values(runs, m)) for m in metrics]
                         + [_fmt(psnr, 2), str(len(runs))])
     doc.table(["teacher", "params"] + [METRIC_NAMES[m] for m in metrics] + ["recon. PSNR (dB)", "n"], rows_out,
@@ -235,16 +243,9 @@ def _thesis_b(doc: Document, ctx: ReportContext, preset: dict[str, Any], stats: 
         for row, okey, tkey in _student_rows(ctx, skey):
             runs = ctx.runs(row)
             label = _objective_label(preset, okey, tkey)
-            line = [label, f"{runs[0].params / 1e6:.3f} M" if runs[0].params else "n/a"]
+            line = [label, _params_text(runs, 3)]
             line += [_fmt(row_values(runs, m)) for m in metrics]
-            if okey == baseline:
-                line += ["", "", str(len(runs))]
-            else:
-                test = _significance(ctx, runs, base_runs)
-                stats[row] = {"delta": _delta(row_values(runs), row_values(base_runs)),
-                              "wilcoxon": {k: v for k, v in test.items() if k != "cases"}}
-                line += [_delta(row_values(runs), row_values(base_runs)), f"{_fmt_p(test)} (n={test['n']})",
-                         str(len(runs))]
+            line += _comparison_cells(ctx, runs, None if okey == baseline else base_runs, str(len(runs)), stats, row)
             rows_out.append(line)
             if okey == baseline or tkey is not None:
                 anova_groups[label] = list(case_scores(runs).values())
@@ -275,24 +276,16 @@ def _kdnet(doc: Document, ctx: ReportContext, preset: dict[str, Any], stats: dic
         for tkey in teacher_keys:
             runs = ctx.runs(f"teacher-{tkey}")
             if runs:
-                rows_out.append([_label(preset, "teachers", tkey), f"{runs[0].params / 1e6:.2f} M"
-                                 if runs[0].params else "n/a"]
+                rows_out.append([_label(preset, "teachers", tkey), _params_text(runs)]
                                 + [_fmt(row_values(runs, "dice", g)) for g in regions]
                                 + [_fmt(row_values(runs)), "", "", str(len(runs))])
         base_runs = ctx.runs(f"student-{skey}/{baseline}")
         for row, okey, _tkey in _student_rows(ctx, skey):
             runs = ctx.runs(row)
-            line = [_objective_label(preset, okey, None), f"{runs[0].params / 1e6:.2f} M" if runs[0].params else "n/a"]
+            line = [_objective_label(preset, okey, None), _params_text(runs)]
             line += [_fmt(row_values(runs, "dice", g)) for g in regions]
             line.append(_fmt(row_values(runs)))
-            if okey == baseline:
-                line += ["", "", str(len(runs))]
-            else:
-                test = _significance(ctx, runs, base_runs)
-                stats[row] = {"delta": _delta(row_values(runs), row_values(base_runs)),
-                              "wilcoxon": {k: v for k, v in test.items() if k != "cases"}}
-                line += [_delta(row_values(runs), row_values(base_runs)), f"{_fmt_p(test)} (n={test['n']})",
-                         str(len(runs))]
+            line += _comparison_cells(ctx, runs, None if okey == baseline else base_runs, str(len(runs)), stats, row)
             rows_out.append(line)
         doc.heading(_label(preset, "students", skey), 3)
         doc.table(headers, rows_out, caption=_footnote(ctx, "Dice per BraTS region per test volume (WT = labels "
