@@ -149,17 +149,18 @@ def ref_pixel_contrast(es, et, labels, tau, indices, symmetric=False):
     return loss
 
 
-def ref_kdnet(s, t, temperature):
+def ref_kdnet(s, t, temperature, temper_student=False):
     bsz, spatial = s.shape[0], s.shape[2:]
     k = max(s.shape[1], 2)
     dice_terms, bce, n = [], 0.0, 0
     for b in range(bsz):
         ps = {pos: ref_dist(s, b, pos) for pos in positions(spatial)}
         pt = {pos: ref_dist(t, b, pos, temperature) for pos in positions(spatial)}
+        pd = {pos: ref_dist(s, b, pos, temperature) for pos in positions(spatial)} if temper_student else ps
         for c in range(1, k):
-            sx = sum(ps[p][c] for p in ps)
+            sx = sum(pd[p][c] for p in pd)
             sy = sum(pt[p][c] for p in pt)
-            sd = sum(abs(ps[p][c] - pt[p][c]) for p in ps)
+            sd = sum(abs(pd[p][c] - pt[p][c]) for p in pd)
             dice_terms.append(1.0 - (sx + sy - sd + 1e-5) / (sx + sy + 1e-5))
         for pos in ps:
             lab = ref_label(t, b, pos)
@@ -306,6 +307,21 @@ def test_hand_kdnet():
     p = 1.0 / (1.0 + math.exp(-10.0))
     dice = 1.0 - (0.5 + p - abs(0.5 - p) + 1e-5) / (0.5 + p + 1e-5)
     assert close(KF.kdnet_soft_label_loss(torch.zeros(1, 2, 1, 1), t2).item(), dice + math.log(2.0))
+    # tempered student at s = t: Dice part 0; BCE on softmax(t) = [1/244, 243/244] vs one-hot [0, 1]
+    assert close(KF.kdnet_soft_label_loss(t, t, 5.0, temper_student=True).item(), -math.log(243 / 244))
+
+
+def test_kdnet_as_written_prefers_the_softened_teacher_over_the_teacher():
+    """Paper C's L_KD (student not tempered) is lower at s = t / T than at s = t: it pulls the student towards the
+    teacher's softened map, whose margins are T times smaller (why weak students collapse to background); with the
+    student tempered it is lower at s = t."""
+    t = torch.full((1, 3, 8, 8), -4.0)
+    t[:, 0] = 4.0  # background, confidently
+    t[:, 1, 2:4, 2:4] = 8.0  # a small class-1 object
+    t[:, 2, 5:7, 5:7] = 8.0  # a small class-2 object
+    assert KF.kdnet_soft_label_loss(t / 5, t, 5.0) < KF.kdnet_soft_label_loss(t, t, 5.0)
+    assert KF.kdnet_soft_label_loss(t, t, 5.0, temper_student=True) < KF.kdnet_soft_label_loss(
+        t / 5, t, 5.0, temper_student=True)
 
 
 def test_hand_attention_and_region():
@@ -426,11 +442,13 @@ def test_ref_feature_mse_bottleneck_kl(nd):
 
 @pytest.mark.parametrize("nd,c", CASES)
 @pytest.mark.parametrize("temperature", [1.0, 5.0])
-def test_ref_kdnet(nd, c, temperature):
+@pytest.mark.parametrize("temper_student", [False, True])
+def test_ref_kdnet(nd, c, temperature, temper_student):
     g = _gen(41 + nd + c)
     s = torch.randn(2, c, *SHAPES[nd], generator=g) * 2
     t = torch.randn(2, c, *SHAPES[nd], generator=g) * 3
-    assert close(KF.kdnet_soft_label_loss(s, t, temperature).item(), ref_kdnet(s, t, temperature))
+    got = KF.kdnet_soft_label_loss(s, t, temperature, temper_student=temper_student).item()
+    assert close(got, ref_kdnet(s, t, temperature, temper_student))
 
 
 @pytest.mark.parametrize("nd", [2, 3])

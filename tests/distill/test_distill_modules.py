@@ -99,6 +99,11 @@ def test_modules_match_functional():
         loss = create_loss(name, **kw)
         loss.setup(s, t)
         assert loss(s, t, b).item() == pytest.approx(fn().item(), rel=1e-6)
+    tempered = create_loss("kdnet_soft_label", temperature=2.0, temper_student=True)
+    tempered.setup(s, t)
+    expected = KF.kdnet_soft_label_loss(s["logits"], t["logits"], 2.0, temper_student=True)
+    assert tempered(s, t, b).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert expected.item() != pytest.approx(KF.kdnet_soft_label_loss(s["logits"], t["logits"], 2.0).item())
 
 
 @pytest.mark.parametrize("nd", [2, 3])

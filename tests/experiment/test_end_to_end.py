@@ -177,7 +177,7 @@ def test_cli_dry_run_and_report_errors(tmp_path: Path, capsys: pytest.CaptureFix
     preset = Path(__file__).resolve().parents[2] / "experiments" / "kdnet_brats.yaml"
     assert main(["experiment", "run", str(preset), "--dry-run", "--out", str(tmp_path / "x")]) == 0
     out = capsys.readouterr().out
-    assert "[1/24] fold0/teacher-skip4/seed0 (kdnet3d)" in out and "24 runs: 6 teachers, 18 students" in out
+    assert "[1/30] fold0/teacher-skip4/seed0 (kdnet3d)" in out and "30 runs: 6 teachers, 24 students" in out
     assert not (tmp_path / "x").exists()
     assert main(["experiment", "run", str(preset), "--budget", "huge", "--dry-run"]) == 2
     assert "budget" in capsys.readouterr().err

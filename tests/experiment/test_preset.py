@@ -23,8 +23,8 @@ def _preset(name: str):
     ("paper_a_acdc.yaml", "full", 708, 24),        # 4 sites x (2 teachers x 3 seeds + 3 students x 57)
     ("thesis_b_acdc.yaml", "quick", 24, 1),        # S1: 2 x 3 seeds + 11 one-seed rows; S2: 2 x 3 seeds
     ("thesis_b_acdc.yaml", "full", 366, 6),        # 2 teachers x 3 + 2 students x (6 + 29 x 2 x 3)
-    ("kdnet_brats.yaml", "quick", 24, 6),          # 3 folds x (2 teachers + 4 objectives (4 skips) + 2 (0 skips))
-    ("kdnet_brats.yaml", "full", 90, 18),
+    ("kdnet_brats.yaml", "quick", 30, 6),          # 3 folds x (2 teachers + 6 objectives (4 skips) + 2 (0 skips))
+    ("kdnet_brats.yaml", "full", 126, 18),         # 3 folds x 3 seeds x (2 teachers + 2 x 6 objectives)
 ])
 def test_grid_counts_and_validity(name: str, budget: str, n_runs: int, n_teachers: int) -> None:
     runs = expand_grid(_preset(name), budget)
@@ -113,6 +113,10 @@ def test_kdnet_channels_and_folds() -> None:
     assert "teacher_channels" not in gt["data"]
     # a student is only distilled from the teacher with its skip setting
     assert all(r.teacher_key == r.model_key for r in runs if r.teacher_key)
+    # medkd's tempered-student variant of L_KD reaches the loss; the seed's objective does not set it
+    tempered = next(r for r in runs if r.name == "fold0/student-skip4/gt-kd-ts-from-skip4/seed0").config
+    assert tempered["distill"]["terms"][0]["temper_student"] is True
+    assert "temper_student" not in kd["distill"]["terms"][0]
 
 
 def test_seeds_and_only() -> None:

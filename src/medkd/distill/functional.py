@@ -499,7 +499,8 @@ def _log1mexp(x: Tensor) -> Tensor:
     return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
-def kdnet_soft_label_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 5.0) -> Tensor:
+def kdnet_soft_label_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 5.0,
+                          temper_student: bool = False) -> Tensor:
     """KD-Net soft-label loss (METHODS.md item 6; Hu et al., "Knowledge distillation from multi-modal to mono-modal
     segmentation networks", MICCAI 2020).
 
@@ -514,15 +515,22 @@ def kdnet_soft_label_loss(student_logits: Tensor, teacher_logits: Tensor, temper
     - One channel: the binary distribution ``[1 - sigmoid, sigmoid]``; foreground is the sigmoid channel and the
       hard label is ``t > 0``.
 
-    Note the student is not tempered (``T`` only softens the teacher), as written in paper C.
+    Note the student is not tempered (``T`` only softens the teacher), as written in paper C (following generalized
+    distillation, Lopez-Paz et al. 2016). The Dice part is then smallest where ``softmax(s) = softmax(t / T)``: the
+    student is pulled towards the teacher's *softened* map, whose arg-max is the teacher's but whose margins are
+    ``T`` times smaller, so a student that cannot match it closely falls back to the near-uniform average and
+    predicts background everywhere (seen on the BraTS sample: ``benchmarks/results/kdnet_brats``).
+    ``temper_student=True`` is medkd's option, not the seed's: the Dice part compares ``softmax(s / T)`` with
+    ``softmax(t / T)`` (Hinton-style, both tempered), so it vanishes at ``s = t``; the BCE part is unchanged.
 
     Args:
         student_logits: ``(B, C, *spatial)``.
         teacher_logits: same shape (detached inside).
         temperature: ``T`` (default 5).
+        temper_student: soften the student by ``T`` in the Dice part too (default False: as written).
 
     Returns:
-        Scalar loss (its minimum at ``s = t`` is the BCE part, not 0).
+        Scalar loss (with ``temper_student`` its minimum over the Dice part is at ``s = t``; the BCE part is never 0).
     """
     _check_spatial(student_logits, "kdnet_soft_label")
     _check_same_shape(student_logits, teacher_logits, "kdnet_soft_label")
@@ -530,7 +538,8 @@ def kdnet_soft_label_loss(student_logits: Tensor, teacher_logits: Tensor, temper
     log_ps = class_log_probs(student_logits)  # (B, K, *sp), K >= 2
     ps = log_ps.exp()
     pt = class_probs(t, temperature)
-    x, y = ps[:, 1:], pt[:, 1:]
+    x = (class_probs(student_logits, temperature) if temper_student else ps)[:, 1:]
+    y = pt[:, 1:]
     axes = tuple(range(2, x.dim()))
     sx, sy, sd = x.sum(axes), y.sum(axes), (x - y).abs().sum(axes)
     dice = (sx + sy - sd + 1e-5) / (sx + sy + 1e-5)

@@ -503,22 +503,25 @@ class KDNetSoftLabelLoss(_LogitsLoss):
 
     Args:
         temperature: ``T`` softening the teacher (default 5).
+        temper_student: also soften the student by ``T`` in the Dice part (medkd's option; default False, as paper C
+            writes it: see the function's note on why the as-written loss can make weak students predict background).
         tap, student_tap, teacher_tap: see :class:`DistillLoss` (default ``"logits"``).
     """
 
     description = "(1 - soft Dice(softmax(t/T), softmax(s))) + BCE(softmax(s), onehot(argmax t)) (paper C L_KD)"
     default_tap = "logits"
 
-    def __init__(self, *, temperature: float = 5.0, tap: str | None = None, student_tap: str | None = None,
-                 teacher_tap: str | None = None) -> None:
+    def __init__(self, *, temperature: float = 5.0, temper_student: bool = False, tap: str | None = None,
+                 student_tap: str | None = None, teacher_tap: str | None = None) -> None:
         super().__init__(tap=tap, student_tap=student_tap, teacher_tap=teacher_tap)
         if temperature <= 0:
             raise ConfigError(f"loss 'kdnet_soft_label': temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
+        self.temper_student = bool(temper_student)
 
     def _compute(self, student_feats, teacher_feats, batch):
         s, t = self._logits(student_feats, teacher_feats)
-        return KF.kdnet_soft_label_loss(s, t, self.temperature)
+        return KF.kdnet_soft_label_loss(s, t, self.temperature, self.temper_student)
 
 
 @register_loss("attention_map")
