@@ -4,7 +4,9 @@ On a GPU: UNet++ -> ENet at 256x256 batch 16 and kdnet3d -> kdnet3d at 64^3 (the
 On a CPU the same pairs run at a reduced size so the benchmark finishes in minutes; the sizes are
 recorded in every row. Usage (from the project root)::
 
-    python benchmarks/training/run.py [--device cuda] [--steps 10]
+    python benchmarks/training/run.py [--device cuda] [--steps 10] [--no-compile]
+
+On a GPU the ``live_compiled`` mode (torch.compile, inductor) runs too unless ``--no-compile``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from medkd.bench.train import bench_train, render_markdown
+from medkd.bench.train import MODES, OPTIONAL_MODES, bench_train, render_markdown
 
 HERE = Path(__file__).resolve().parent
 
@@ -27,6 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile mode on a GPU")
     args = parser.parse_args()
     gpu = args.device.startswith("cuda")
     if gpu:
@@ -35,7 +38,8 @@ def main() -> None:
     else:
         pairs = [("unetplusplus", "enet", (128, 128), 4), ("kdnet3d", "kdnet3d", (32, 32, 32), 1)]
         steps, warmup = args.steps or 4, 2
-    rows = bench_train(pairs, device=args.device, steps=steps, warmup=warmup)
+    modes = MODES + OPTIONAL_MODES if gpu and not args.no_compile else MODES
+    rows = bench_train(pairs, device=args.device, steps=steps, warmup=warmup, modes=modes)
     machine = (torch.cuda.get_device_name(0) if gpu else
                f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                f"{torch.get_num_threads()} torch threads")

@@ -241,16 +241,18 @@ def bench_train_cmd(
     warmup: int = typer.Option(2, "--warmup", min=0),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda (default: cuda if available)"),
     out: Path | None = typer.Option(None, "--out", help="write training_bench.json + .md here"),
+    compile_mode: bool = typer.Option(False, "--compile", help="also time the live teacher under torch.compile"),
 ) -> None:
-    """Distillation training throughput: student alone, live teacher (naive / bf16), cached teacher."""
+    """Distillation training throughput: student alone, live teacher (naive / bf16 [/ compiled]), cached teacher."""
     import json
 
     import torch
 
-    from medkd.bench.train import bench_pair, render_markdown
+    from medkd.bench.train import MODES, OPTIONAL_MODES, bench_pair, render_markdown
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    rows = bench_pair(teacher, student, _parse_size(size, "--size"), batch, dev, steps, warmup)
+    modes = MODES + OPTIONAL_MODES if compile_mode else MODES
+    rows = bench_pair(teacher, student, _parse_size(size, "--size"), batch, dev, steps, warmup, modes=modes)
     table = render_markdown(rows, dev)
     if out is not None:
         from medkd.io import atomic_write_text

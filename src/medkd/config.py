@@ -195,6 +195,9 @@ class TrainConfig(_Strict):
     seg_loss: SegLossConfig = Field(default_factory=SegLossConfig)
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = Field(False, description="2D: NHWC memory format for the networks and batches (GPU)")
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune", "aot_eager"] = Field(
+        "off", description="torch.compile the student and the live teacher: a mode of the inductor backend, or "
+                           "aot_eager (tracing only, no code generation: for checking a model compiles)")
     val_every: int = Field(1, ge=1)
     grad_clip: float | None = Field(None, gt=0)
     threads: int | None = Field(None, ge=1)

@@ -6,7 +6,9 @@ inputs (the data path is not what is measured):
 - ``student_alone``: the student's training step (forward, segmentation loss, backward, Adam);
 - ``live_naive``: the same plus a live teacher forward in fp32 eager mode, as the seeds' code did;
 - ``live_optimised``: the live teacher with bf16 autocast and channels-last (2D);
-- ``cached``: teacher logits read from a :class:`~medkd.distill.cache.TeacherCache` on disk instead.
+- ``cached``: teacher logits read from a :class:`~medkd.distill.cache.TeacherCache` on disk instead;
+- ``live_compiled`` (opt-in, see :data:`OPTIONAL_MODES`): ``live_optimised`` with the student and the teacher
+  under ``torch.compile`` (inductor); compilation happens in the warm-up steps, which are not timed.
 
 Each reports images (or volumes) per second over timed steps after warm-up, and peak memory: GPU
 ``max_memory_allocated`` per mode on CUDA; on CPU the process's peak RSS so far (``ru_maxrss``), which
@@ -27,9 +29,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["MODES", "bench_pair", "bench_train", "render_markdown"]
+__all__ = ["MODES", "OPTIONAL_MODES", "bench_pair", "bench_train", "render_markdown"]
 
 MODES = ("student_alone", "live_naive", "live_optimised", "cached")
+OPTIONAL_MODES = ("live_compiled",)
 
 
 def _peak_rss_mib() -> float:
@@ -39,11 +42,14 @@ def _peak_rss_mib() -> float:
 def bench_pair(teacher_name: str, student_name: str, size: Sequence[int], batch: int, device: str = "cpu",
                steps: int = 10, warmup: int = 2, num_classes: int = 4, in_channels: int = 1,
                modes: Sequence[str] = MODES) -> list[dict[str, Any]]:
-    """Time the set-ups of :data:`MODES` for one teacher -> student pair (see the module docstring)."""
+    """Time the set-ups of ``modes`` (:data:`MODES`, :data:`OPTIONAL_MODES`) for one teacher -> student pair."""
+    unknown = [m for m in modes if m not in MODES + OPTIONAL_MODES]
+    if unknown:
+        raise ValueError(f"unknown benchmark mode(s) {unknown}; choose from {list(MODES + OPTIONAL_MODES)}")
     from medkd.distill.cache import TeacherCache
     from medkd.distill.objective import DistillObjective
     from medkd.distill.segmentation import create_seg_loss
-    from medkd.models import FeatureTapper, create_model, normalize_output
+    from medkd.models import create_model, normalize_output
 
     dev = torch.device(device)
     dims = len(size)
@@ -67,12 +73,16 @@ def bench_pair(teacher_name: str, student_name: str, size: Sequence[int], batch:
         objective = DistillObjective.from_config([{"loss": "logits_kl", "weight": 1.0, "temperature": 4.0}])
         probe = torch.zeros(1, num_classes, *size)
         objective.setup({"logits": probe}, {"logits": probe})
-        channels_last = mode == "live_optimised" and dims == 2
+        optimised = mode in ("live_optimised", "live_compiled")
+        channels_last = optimised and dims == 2
         if channels_last:
             student.to(memory_format=torch.channels_last)
             teacher.to(memory_format=torch.channels_last)
+        run_student, run_teacher = student, teacher
+        if mode == "live_compiled":
+            run_student, run_teacher = torch.compile(student), torch.compile(teacher)
         opt = torch.optim.Adam(student.parameters(), lr=1e-3)
-        amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=mode == "live_optimised")
+        amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=optimised)
         if dev.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -88,15 +98,14 @@ def bench_pair(teacher_name: str, student_name: str, size: Sequence[int], batch:
                 x = x.contiguous(memory_format=torch.channels_last)
             opt.zero_grad(set_to_none=True)
             with amp:
-                logits = normalize_output(student(x))
+                logits = normalize_output(run_student(x))
                 loss = seg_loss(logits.float(), y)
                 if mode != "student_alone":
                     if mode == "cached":
                         t_logits = cache.get(idx)["logits"].to(dev)
                     else:
-                        with torch.no_grad(), FeatureTapper(teacher, ["logits"]) as tapper:
-                            teacher(x)
-                            t_logits = tapper.features["logits"]
+                        with torch.no_grad():
+                            t_logits = normalize_output(run_teacher(x))
                     kd, _ = objective({"logits": logits.float()}, {"logits": t_logits.float()}, {"label": y})
                     loss = loss + kd
             loss.backward()
@@ -125,11 +134,11 @@ def bench_pair(teacher_name: str, student_name: str, size: Sequence[int], batch:
 
 
 def bench_train(pairs: Sequence[tuple[str, str, Sequence[int], int]], device: str = "cpu", steps: int = 10,
-                warmup: int = 2) -> list[dict[str, Any]]:
+                warmup: int = 2, modes: Sequence[str] = MODES) -> list[dict[str, Any]]:
     """Run :func:`bench_pair` for several (teacher, student, size, batch) set-ups."""
     rows: list[dict[str, Any]] = []
     for teacher, student, size, batch in pairs:
-        rows.extend(bench_pair(teacher, student, size, batch, device, steps, warmup))
+        rows.extend(bench_pair(teacher, student, size, batch, device, steps, warmup, modes=modes))
     return rows
 
 

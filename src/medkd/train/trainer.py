@@ -5,7 +5,8 @@ networks) + the weighted distillation terms of ``distill.terms``. The teacher is
 ``requires_grad=False``, never in the optimiser). Distillation extras (adapters, projection heads) are
 trained with the student by descent; adaptive affinity weights by ascent (a second optimiser with
 ``maximize=True``). Seeded and deterministic on CPU; a killed run resumes from its last complete epoch
-and ends with the same weights as an uninterrupted one.
+and ends with the same weights as an uninterrupted one. Feature taps hold their hooks for the whole run, so
+``train.compile`` can hand the student and the live teacher to ``torch.compile`` with their taps.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -31,6 +33,9 @@ from medkd.io import atomic_write_json
 from medkd.train.checkpoint import load_checkpoint, save_best, save_checkpoint
 from medkd.train.run_folder import RunFolder, build_network, load_teacher
 from medkd.train.validation import validate
+
+if TYPE_CHECKING:
+    from medkd.models import FeatureTapper
 
 __all__ = ["TrainResult", "train"]
 
@@ -207,73 +212,86 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
 
     final_loss = float("nan")
     t_start = time.time()
-    for epoch in range(start_epoch, cfg.train.epochs):
-        student.train()
-        if objective is not None:
-            objective.train()
-        epoch_gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-        bar = tqdm(total=per_epoch, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
-                   disable=not (cfg.train.progress and is_main), dynamic_ncols=True)
-        totals: dict[str, float] = {}
-        batches = iter_indexed_batches(source, cfg.train.batch_size, epoch_gen, rank, world_size, per_epoch)
-        for indices, images, labels in batches:
-            batch = {"image": images[:, stu_pos], "label": labels}
-            if tea_pos is not None and cache is None:
-                batch["teacher_image"] = images[:, tea_pos]
-            batch = augment_batch(batch, cfg.data.augment, epoch_gen)
-            cached = None
-            if cache is not None:
-                cached = {k: apply_ops(v, batch["augment_ops"]).to(dev, non_blocking=True)
-                          for k, v in cache.get(source.cache_keys(indices)).items()}
-            batch = {k: _to_device(v, dev, memory_format) for k, v in batch.items()}
-            logs = _step(cfg, ddp_student, student, teacher, objective, seg_loss, s_taps, t_taps, batch,
-                         optimizer, ascent_opt, dev, cached, world_size, scaler)
-            if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step()
-            step += 1
-            logs["lr"] = optimizer.param_groups[0]["lr"]
-            for k, v in logs.items():
-                totals[k] = totals.get(k, 0.0) + v
-            if is_main:
-                folder.log({"kind": "step", "epoch": epoch + 1, "step": step, **logs})
-            bar.set_postfix(loss=f"{logs['loss']:.4f}")
-            bar.update(1)
-        bar.close()
-        means = {k: v / per_epoch for k, v in totals.items()}
-        final_loss = means.get("loss", float("nan"))
-        if not math.isfinite(final_loss):
-            raise MedkdError(f"{cfg.name}: training loss became {final_loss} in epoch {epoch + 1}; "
-                             "lower train.optimizer.lr or check the data")
-        record: dict[str, Any] = {"kind": "epoch", "epoch": epoch + 1, "step": step,
-                                  **{f"train_{k}": v for k, v in means.items()},
-                                  "elapsed_s": round(time.time() - t_start, 2)}
-        do_val = val_cases and ((epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs)
-        if do_val:
-            val = validate(student, val_cases, cfg, bundle.num_classes, dev)
-            record["val_dice"] = val
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(val)
-            if best["epoch"] is None or (math.isfinite(val) and val > best["val_dice"]):
-                best = {"epoch": epoch + 1, "val_dice": val}
+    from medkd.models import FeatureTapper
+
+    # The taps keep their hooks for the whole run, registered before torch.compile (which traces them).
+    s_tapper = FeatureTapper(student, s_taps) if s_taps else None
+    t_tapper = FeatureTapper(teacher, t_taps) if teacher is not None and objective is not None and cache is None \
+        else None
+    run_student = _compiled(ddp_student, cfg.train.compile)
+    run_teacher = _compiled(teacher, cfg.train.compile) if t_tapper is not None else None
+    try:
+        for epoch in range(start_epoch, cfg.train.epochs):
+            student.train()
+            if objective is not None:
+                objective.train()
+            epoch_gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+            bar = tqdm(total=per_epoch, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
+                       disable=not (cfg.train.progress and is_main), dynamic_ncols=True)
+            totals: dict[str, float] = {}
+            batches = iter_indexed_batches(source, cfg.train.batch_size, epoch_gen, rank, world_size, per_epoch)
+            for indices, images, labels in batches:
+                batch = {"image": images[:, stu_pos], "label": labels}
+                if tea_pos is not None and cache is None:
+                    batch["teacher_image"] = images[:, tea_pos]
+                batch = augment_batch(batch, cfg.data.augment, epoch_gen)
+                cached = None
+                if cache is not None:
+                    cached = {k: apply_ops(v, batch["augment_ops"]).to(dev, non_blocking=True)
+                              for k, v in cache.get(source.cache_keys(indices)).items()}
+                batch = {k: _to_device(v, dev, memory_format) for k, v in batch.items()}
+                logs = _step(cfg, run_student, student, run_teacher, objective, seg_loss, s_tapper, t_tapper, batch,
+                             optimizer, ascent_opt, dev, cached, world_size, scaler)
+                if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    scheduler.step()
+                step += 1
+                logs["lr"] = optimizer.param_groups[0]["lr"]
+                for k, v in logs.items():
+                    totals[k] = totals.get(k, 0.0) + v
                 if is_main:
-                    save_best(folder.checkpoints, student.state_dict(), best)
-        elif not val_cases and is_main:
-            best = {"epoch": epoch + 1, "val_dice": None}
-            save_best(folder.checkpoints, student.state_dict(), best)
-        if is_main:
-            folder.log(record)
-            trainer_state = {
-                "epoch": epoch + 1, "step": step, "best": best,
-                "optimizer": optimizer.state_dict(),
-                "ascent_optimizer": ascent_opt.state_dict() if ascent_opt else None,
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "torch_rng": torch.get_rng_state(),
-            }
-            save_checkpoint(folder.checkpoints, epoch + 1, student.state_dict(),
-                            objective.state_dict() if objective is not None else {}, trainer_state)
-            if cfg.train.progress:
-                val_txt = f" val Dice {record['val_dice']:.4f}" if "val_dice" in record else ""
-                tqdm.write(f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}: loss {final_loss:.4f}{val_txt}")
+                    folder.log({"kind": "step", "epoch": epoch + 1, "step": step, **logs})
+                bar.set_postfix(loss=f"{logs['loss']:.4f}")
+                bar.update(1)
+            bar.close()
+            means = {k: v / per_epoch for k, v in totals.items()}
+            final_loss = means.get("loss", float("nan"))
+            if not math.isfinite(final_loss):
+                raise MedkdError(f"{cfg.name}: training loss became {final_loss} in epoch {epoch + 1}; "
+                                 "lower train.optimizer.lr or check the data")
+            record: dict[str, Any] = {"kind": "epoch", "epoch": epoch + 1, "step": step,
+                                      **{f"train_{k}": v for k, v in means.items()},
+                                      "elapsed_s": round(time.time() - t_start, 2)}
+            do_val = val_cases and ((epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs)
+            if do_val:
+                val = validate(student, val_cases, cfg, bundle.num_classes, dev)
+                record["val_dice"] = val
+                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    scheduler.step(val)
+                if best["epoch"] is None or (math.isfinite(val) and val > best["val_dice"]):
+                    best = {"epoch": epoch + 1, "val_dice": val}
+                    if is_main:
+                        save_best(folder.checkpoints, student.state_dict(), best)
+            elif not val_cases and is_main:
+                best = {"epoch": epoch + 1, "val_dice": None}
+                save_best(folder.checkpoints, student.state_dict(), best)
+            if is_main:
+                folder.log(record)
+                trainer_state = {
+                    "epoch": epoch + 1, "step": step, "best": best,
+                    "optimizer": optimizer.state_dict(),
+                    "ascent_optimizer": ascent_opt.state_dict() if ascent_opt else None,
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "torch_rng": torch.get_rng_state(),
+                }
+                save_checkpoint(folder.checkpoints, epoch + 1, student.state_dict(),
+                                objective.state_dict() if objective is not None else {}, trainer_state)
+                if cfg.train.progress:
+                    val_txt = f" val Dice {record['val_dice']:.4f}" if "val_dice" in record else ""
+                    tqdm.write(f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}: loss {final_loss:.4f}{val_txt}")
+    finally:
+        for tapper in (s_tapper, t_tapper):
+            if tapper is not None:
+                tapper.remove()
     if is_main:
         atomic_write_json(folder.path / "train_summary.json", {
             "epochs": cfg.train.epochs, "steps": step, "best": best, "final_train_loss": final_loss,
@@ -284,24 +302,29 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
                        None if best_val is None or not math.isfinite(best_val) else float(best_val), final_loss)
 
 
-def _step(cfg: RunConfig, model: torch.nn.Module, student: torch.nn.Module, teacher: torch.nn.Module | None,
-          objective: torch.nn.Module | None, seg_loss: torch.nn.Module, s_taps: list[str], t_taps: list[str],
+def _step(cfg: RunConfig, model: Callable[[torch.Tensor], Any], student: torch.nn.Module,
+          teacher: Callable[[torch.Tensor], Any] | None, objective: torch.nn.Module | None,
+          seg_loss: torch.nn.Module, s_tapper: FeatureTapper | None, t_tapper: FeatureTapper | None,
           batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
           ascent_opt: torch.optim.Optimizer | None, dev: torch.device,
           cached: dict[str, torch.Tensor] | None = None, world_size: int = 1,
           scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
-    """One optimisation step; ``cached`` replaces the teacher's forward; ``scaler`` is fp16 loss scaling."""
-    from medkd.models import FeatureTapper, normalize_output
+    """One optimisation step.
+
+    ``model`` / ``teacher`` run the student (DDP / compiled wrapper) and the live teacher, whose features the
+    persistent tappers catch; ``cached`` replaces the teacher's forward; ``scaler`` is fp16 loss scaling.
+    """
+    from medkd.models import normalize_output
 
     optimizer.zero_grad(set_to_none=True)
     if ascent_opt is not None:
         ascent_opt.zero_grad(set_to_none=True)
     logs: dict[str, float] = {}
     with _autocast(cfg, dev):
-        if s_taps:
-            with FeatureTapper(student, s_taps) as tapper:
-                model(batch["image"])
-                s_feats = dict(tapper.features)
+        if s_tapper is not None:
+            model(batch["image"])
+            s_feats = s_tapper.features
+            s_tapper.clear()
             logits = s_feats["logits"]
         else:
             logits = normalize_output(model(batch["image"]))
@@ -313,13 +336,14 @@ def _step(cfg: RunConfig, model: torch.nn.Module, student: torch.nn.Module, teac
             recon = torch.nn.functional.mse_loss(s_feats["reconstruction"].float(), batch["image"].float())
             loss = loss + cfg.train.seg_loss.recon_weight * recon
             logs["recon_mse"] = float(recon.detach())
-        if teacher is not None and objective is not None:
+        if objective is not None and (cached is not None or t_tapper is not None):
             if cached is not None:
                 t_feats = cached
             else:
-                with torch.no_grad(), FeatureTapper(teacher, t_taps) as tt:
+                with torch.no_grad():
                     teacher(batch["teacher_image"])
-                    t_feats = {k: v.detach() for k, v in tt.features.items()}
+                t_feats = {k: v.detach() for k, v in t_tapper.features.items()}
+                t_tapper.clear()
             distill, terms = objective(s_feats, t_feats, batch)
             loss = loss + distill
             for name, value in terms.items():
@@ -340,8 +364,24 @@ def _step(cfg: RunConfig, model: torch.nn.Module, student: torch.nn.Module, teac
     return logs
 
 
+def _compiled(module: torch.nn.Module, mode: str) -> Callable[[torch.Tensor], Any]:
+    """``module`` itself for ``mode == "off"``, else ``torch.compile(module)`` with that inductor mode
+    (``"aot_eager"``: the aot_eager backend, which traces without generating code)."""
+    if mode == "off":
+        return module
+    if mode == "aot_eager":
+        return torch.compile(module, backend="aot_eager")
+    return torch.compile(module, mode=mode)
+
+
 def _to_device(x: torch.Tensor, dev: torch.device, memory_format: torch.memory_format | None) -> torch.Tensor:
-    """Pinned, non-blocking copy to a GPU (plain on CPU); images in ``memory_format`` when given."""
+    """Pinned, non-blocking copy to a GPU (plain on CPU); images in ``memory_format`` when given.
+
+    Tensor subclasses (MONAI's ``MetaTensor`` from its transforms) become plain tensors: the networks need no
+    metadata, and a subclass's ``__torch_function__`` would run on every operation (and in torch.compile's trace).
+    """
+    if type(x) is not torch.Tensor:
+        x = x.as_subclass(torch.Tensor)
     if dev.type == "cuda":
         x = x.pin_memory()
     x = x.to(dev, non_blocking=True)
