@@ -286,7 +286,8 @@ def test_end_to_end_with_real_metrics(tmp_path):
     assert s["classes"]["ghost"]["dice"]["n_both_empty"] == 2
     assert s["foreground_mean"]["dice"]["mean"] == pytest.approx((1.0 + 0.75) / 2)
     path = write_per_case_csv(recs, tmp_path / "evaluation" / "per_case.csv")
-    rows = list(csv.DictReader(path.open()))
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == 6
     assert rows[0]["case"] == "x" and rows[0]["site"] == "s" and rows[0]["class"] == "bg"
     fg_y = next(r for r in rows if r["case"] == "y" and r["class"] == "fg")

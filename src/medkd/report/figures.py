@@ -45,7 +45,11 @@ def plot_training_curves(histories: Mapping[str, Sequence[Mapping]], path: Path)
     ax_val.set(xlabel="epoch", ylabel="mean foreground Dice (val volumes)", title="Validation Dice")
     for ax in (ax_loss, ax_val):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no validation volumes in this protocol", ha="center", va="center",
+                    transform=ax.transAxes, color="0.4")
     return _save(fig, path)
 
 
