@@ -212,86 +212,80 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
 
     final_loss = float("nan")
     t_start = time.time()
-    from medkd.models import FeatureTapper
-
-    # The taps keep their hooks for the whole run, registered before torch.compile (which traces them).
+    # The taps keep their hooks for the whole run (the networks die with it), registered before torch.compile,
+    # which traces them.
     s_tapper = FeatureTapper(student, s_taps) if s_taps else None
     t_tapper = FeatureTapper(teacher, t_taps) if teacher is not None and objective is not None and cache is None \
         else None
     run_student = _compiled(ddp_student, cfg.train.compile)
     run_teacher = _compiled(teacher, cfg.train.compile) if t_tapper is not None else None
-    try:
-        for epoch in range(start_epoch, cfg.train.epochs):
-            student.train()
-            if objective is not None:
-                objective.train()
-            epoch_gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-            bar = tqdm(total=per_epoch, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
-                       disable=not (cfg.train.progress and is_main), dynamic_ncols=True)
-            totals: dict[str, float] = {}
-            batches = iter_indexed_batches(source, cfg.train.batch_size, epoch_gen, rank, world_size, per_epoch)
-            for indices, images, labels in batches:
-                batch = {"image": images[:, stu_pos], "label": labels}
-                if tea_pos is not None and cache is None:
-                    batch["teacher_image"] = images[:, tea_pos]
-                batch = augment_batch(batch, cfg.data.augment, epoch_gen)
-                cached = None
-                if cache is not None:
-                    cached = {k: apply_ops(v, batch["augment_ops"]).to(dev, non_blocking=True)
-                              for k, v in cache.get(source.cache_keys(indices)).items()}
-                batch = {k: _to_device(v, dev, memory_format) for k, v in batch.items()}
-                logs = _step(cfg, run_student, student, run_teacher, objective, seg_loss, s_tapper, t_tapper, batch,
-                             optimizer, ascent_opt, dev, cached, world_size, scaler)
-                if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    scheduler.step()
-                step += 1
-                logs["lr"] = optimizer.param_groups[0]["lr"]
-                for k, v in logs.items():
-                    totals[k] = totals.get(k, 0.0) + v
-                if is_main:
-                    folder.log({"kind": "step", "epoch": epoch + 1, "step": step, **logs})
-                bar.set_postfix(loss=f"{logs['loss']:.4f}")
-                bar.update(1)
-            bar.close()
-            means = {k: v / per_epoch for k, v in totals.items()}
-            final_loss = means.get("loss", float("nan"))
-            if not math.isfinite(final_loss):
-                raise MedkdError(f"{cfg.name}: training loss became {final_loss} in epoch {epoch + 1}; "
-                                 "lower train.optimizer.lr or check the data")
-            record: dict[str, Any] = {"kind": "epoch", "epoch": epoch + 1, "step": step,
-                                      **{f"train_{k}": v for k, v in means.items()},
-                                      "elapsed_s": round(time.time() - t_start, 2)}
-            do_val = val_cases and ((epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs)
-            if do_val:
-                val = validate(student, val_cases, cfg, bundle.num_classes, dev)
-                record["val_dice"] = val
-                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    scheduler.step(val)
-                if best["epoch"] is None or (math.isfinite(val) and val > best["val_dice"]):
-                    best = {"epoch": epoch + 1, "val_dice": val}
-                    if is_main:
-                        save_best(folder.checkpoints, student.state_dict(), best)
-            elif not val_cases and is_main:
-                best = {"epoch": epoch + 1, "val_dice": None}
-                save_best(folder.checkpoints, student.state_dict(), best)
+    for epoch in range(start_epoch, cfg.train.epochs):
+        student.train()
+        if objective is not None:
+            objective.train()
+        epoch_gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+        bar = tqdm(total=per_epoch, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
+                   disable=not (cfg.train.progress and is_main), dynamic_ncols=True)
+        totals: dict[str, float] = {}
+        batches = iter_indexed_batches(source, cfg.train.batch_size, epoch_gen, rank, world_size, per_epoch)
+        for indices, images, labels in batches:
+            batch = {"image": images[:, stu_pos], "label": labels}
+            if tea_pos is not None and cache is None:
+                batch["teacher_image"] = images[:, tea_pos]
+            batch = augment_batch(batch, cfg.data.augment, epoch_gen)
+            cached = None
+            if cache is not None:
+                cached = {k: apply_ops(v, batch["augment_ops"]).to(dev, non_blocking=True)
+                          for k, v in cache.get(source.cache_keys(indices)).items()}
+            batch = {k: _to_device(v, dev, memory_format) for k, v in batch.items()}
+            logs = _step(cfg, run_student, student, run_teacher, objective, seg_loss, s_tapper, t_tapper, batch,
+                         optimizer, ascent_opt, dev, cached, world_size, scaler)
+            if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step()
+            step += 1
+            logs["lr"] = optimizer.param_groups[0]["lr"]
+            for k, v in logs.items():
+                totals[k] = totals.get(k, 0.0) + v
             if is_main:
-                folder.log(record)
-                trainer_state = {
-                    "epoch": epoch + 1, "step": step, "best": best,
-                    "optimizer": optimizer.state_dict(),
-                    "ascent_optimizer": ascent_opt.state_dict() if ascent_opt else None,
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "torch_rng": torch.get_rng_state(),
-                }
-                save_checkpoint(folder.checkpoints, epoch + 1, student.state_dict(),
-                                objective.state_dict() if objective is not None else {}, trainer_state)
-                if cfg.train.progress:
-                    val_txt = f" val Dice {record['val_dice']:.4f}" if "val_dice" in record else ""
-                    tqdm.write(f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}: loss {final_loss:.4f}{val_txt}")
-    finally:
-        for tapper in (s_tapper, t_tapper):
-            if tapper is not None:
-                tapper.remove()
+                folder.log({"kind": "step", "epoch": epoch + 1, "step": step, **logs})
+            bar.set_postfix(loss=f"{logs['loss']:.4f}")
+            bar.update(1)
+        bar.close()
+        means = {k: v / per_epoch for k, v in totals.items()}
+        final_loss = means.get("loss", float("nan"))
+        if not math.isfinite(final_loss):
+            raise MedkdError(f"{cfg.name}: training loss became {final_loss} in epoch {epoch + 1}; "
+                             "lower train.optimizer.lr or check the data")
+        record: dict[str, Any] = {"kind": "epoch", "epoch": epoch + 1, "step": step,
+                                  **{f"train_{k}": v for k, v in means.items()},
+                                  "elapsed_s": round(time.time() - t_start, 2)}
+        do_val = val_cases and ((epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs)
+        if do_val:
+            val = validate(student, val_cases, cfg, bundle.num_classes, dev)
+            record["val_dice"] = val
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(val)
+            if best["epoch"] is None or (math.isfinite(val) and val > best["val_dice"]):
+                best = {"epoch": epoch + 1, "val_dice": val}
+                if is_main:
+                    save_best(folder.checkpoints, student.state_dict(), best)
+        elif not val_cases and is_main:
+            best = {"epoch": epoch + 1, "val_dice": None}
+            save_best(folder.checkpoints, student.state_dict(), best)
+        if is_main:
+            folder.log(record)
+            trainer_state = {
+                "epoch": epoch + 1, "step": step, "best": best,
+                "optimizer": optimizer.state_dict(),
+                "ascent_optimizer": ascent_opt.state_dict() if ascent_opt else None,
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "torch_rng": torch.get_rng_state(),
+            }
+            save_checkpoint(folder.checkpoints, epoch + 1, student.state_dict(),
+                            objective.state_dict() if objective is not None else {}, trainer_state)
+            if cfg.train.progress:
+                val_txt = f" val Dice {record['val_dice']:.4f}" if "val_dice" in record else ""
+                tqdm.write(f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}: loss {final_loss:.4f}{val_txt}")
     if is_main:
         atomic_write_json(folder.path / "train_summary.json", {
             "epochs": cfg.train.epochs, "steps": step, "best": best, "final_train_loss": final_loss,
