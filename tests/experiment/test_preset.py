@@ -19,8 +19,8 @@ def _preset(name: str):
 
 
 @pytest.mark.parametrize(("name", "budget", "n_runs", "n_teachers"), [
-    ("paper_a_acdc.yaml", "quick", 18, 1),         # 1 teacher; ESPNet 2 x 3 seeds + 5 ablation rows; ERFNet 2 x 3
-    ("paper_a_acdc.yaml", "full", 708, 24),        # 4 sites x (2 teachers x 3 seeds + 3 students x 57)
+    ("paper_a_acdc.yaml", "quick", 20, 1),         # 1 teacher; ESPNet 2 x 3 seeds + 7 ablation rows; ERFNet 2 x 3
+    ("paper_a_acdc.yaml", "full", 852, 24),        # 4 sites x (2 teachers x 3 seeds + 3 students x (1 + 11 x 2) x 3)
     ("thesis_b_acdc.yaml", "quick", 24, 1),        # S1: 2 x 3 seeds + 11 one-seed rows; S2: 2 x 3 seeds
     ("thesis_b_acdc.yaml", "full", 366, 6),        # 2 teachers x 3 + 2 students x (6 + 29 x 2 x 3)
     ("kdnet_brats.yaml", "quick", 30, 6),          # 3 folds x (2 teachers + 6 objectives (4 skips) + 2 (0 skips))
