@@ -220,3 +220,9 @@ def test_adaptive_affinity_ignores_absent_classes_and_mixes_by_softmax():
     l1 = KF.affinity_loss(s["logits"], torch.zeros(1, 6, 6, dtype=torch.long), dilation=1)
     l2 = KF.affinity_loss(s["logits"], torch.zeros(1, 6, 6, dtype=torch.long), dilation=2)
     assert loss(s, t, {}).item() == pytest.approx(0.25 * l1.item() + 0.75 * l2.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["logits_kl", "kdnet_soft_label"])
+def test_non_positive_temperature_is_a_config_error_naming_the_loss(name):
+    with pytest.raises(ConfigError, match=f"loss '{name}': temperature must be > 0, got 0"):
+        create_loss(name, temperature=0)

@@ -282,6 +282,11 @@ class _LogitsLoss(DistillLoss):
                 f"loss {self.name!r}: logits shapes {tuple(s.shape)} and {tuple(t.shape)} are incompatible"
             )
 
+    def _positive_temperature(self, temperature: float) -> float:
+        if temperature <= 0:
+            raise ConfigError(f"loss {self.name!r}: temperature must be > 0, got {temperature}")
+        return float(temperature)
+
     def _logits(self, student_feats: Mapping[str, Tensor],
                 teacher_feats: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         s, t = self._pair(student_feats, teacher_feats)
@@ -338,9 +343,7 @@ class LogitsKLLoss(_LogitsLoss):
     def __init__(self, *, temperature: float = 1.0, reverse: bool = False, tap: str | None = None,
                  student_tap: str | None = None, teacher_tap: str | None = None) -> None:
         super().__init__(tap=tap, student_tap=student_tap, teacher_tap=teacher_tap)
-        if temperature <= 0:
-            raise ConfigError(f"loss 'logits_kl': temperature must be > 0, got {temperature}")
-        self.temperature = float(temperature)
+        self.temperature = self._positive_temperature(temperature)
         self.reverse = bool(reverse)
 
     def _compute(self, student_feats, teacher_feats, batch):
@@ -514,9 +517,7 @@ class KDNetSoftLabelLoss(_LogitsLoss):
     def __init__(self, *, temperature: float = 5.0, temper_student: bool = False, tap: str | None = None,
                  student_tap: str | None = None, teacher_tap: str | None = None) -> None:
         super().__init__(tap=tap, student_tap=student_tap, teacher_tap=teacher_tap)
-        if temperature <= 0:
-            raise ConfigError(f"loss 'kdnet_soft_label': temperature must be > 0, got {temperature}")
-        self.temperature = float(temperature)
+        self.temperature = self._positive_temperature(temperature)
         self.temper_student = bool(temper_student)
 
     def _compute(self, student_feats, teacher_feats, batch):
