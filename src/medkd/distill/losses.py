@@ -299,8 +299,9 @@ class _AdaptedLoss(DistillLoss):
     ``adapter=True`` always builds one, ``None`` only when the student and teacher shapes differ, ``False`` never.
     """
 
-    def __init__(self, *, adapter: bool | None = True, **kw: Any) -> None:
-        super().__init__(**kw)
+    def __init__(self, *, adapter: bool | None = True, tap: str | None = None, student_tap: str | None = None,
+                 teacher_tap: str | None = None) -> None:
+        super().__init__(tap=tap, student_tap=student_tap, teacher_tap=teacher_tap)
         self.use_adapter = adapter
         self.adapter: FeatureAdapter | None = None
 
@@ -448,10 +449,6 @@ class KernelMatrixLoss(_AdaptedLoss):
     default_tap = "bottleneck"
     trainable_extras = "student adapter (1x1 conv)"
 
-    def __init__(self, *, adapter: bool | None = True, tap: str | None = None, student_tap: str | None = None,
-                 teacher_tap: str | None = None) -> None:
-        super().__init__(adapter=adapter, tap=tap, student_tap=student_tap, teacher_tap=teacher_tap)
-
     def _compute(self, student_feats, teacher_feats, batch):
         return KF.kernel_matrix_loss(*self._features(student_feats, teacher_feats))
 
@@ -470,10 +467,6 @@ class FeatureMSELoss(_AdaptedLoss):
     description = "FitNet feature MSE after a 1x1 conv adapter (thesis B MSE baseline)"
     default_tap = "bottleneck"
     trainable_extras = "student adapter (1x1 conv)"
-
-    def __init__(self, *, adapter: bool | None = True, tap: str | None = None, student_tap: str | None = None,
-                 teacher_tap: str | None = None) -> None:
-        super().__init__(adapter=adapter, tap=tap, student_tap=student_tap, teacher_tap=teacher_tap)
 
     def _compute(self, student_feats, teacher_feats, batch):
         return KF.feature_mse(*self._features(student_feats, teacher_feats))
