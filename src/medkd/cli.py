@@ -66,6 +66,22 @@ def data_check(
         raise MedkdError(f"{root}: {len(report.problems)} problem(s); fix them before training")
 
 
+@data_app.command("compact")
+def data_compact(
+    source: Path = typer.Argument(..., help="dataset folder to copy (never modified)"),
+    out: Path = typer.Argument(..., help="new folder for the copy (nnU-Net v2 raw layout)"),
+    size: str = typer.Option("128x128", "--size", help="in-plane size of every slice, e.g. 128x128"),
+    dtype: str = typer.Option("uint8", "--dtype", help="uint8 (per-volume min-max scaled), float16 or float32"),
+    format: str = typer.Option("auto", "--format", help="format of SOURCE (auto-detected by default)"),
+) -> None:
+    """Write a compact copy of a dataset: slices resized in-plane, small data type (to carry or to train small)."""
+    from medkd.data.compact import write_compact_copy
+
+    index = write_compact_copy(source, out, _parse_size(size, "--size"), dtype, format)
+    megabytes = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file()) / 2**20
+    typer.echo(f"{out}: {len(index.cases)} cases at {size} ({dtype}), {megabytes:.1f} MiB")
+
+
 @app.command("train")
 def train_cmd(
     config: Path = typer.Argument(..., help="run config (YAML)"),

@@ -23,11 +23,13 @@ from medkd.errors import ConfigError, nearest_names
 
 __all__ = [
     "AugmentConfig",
+    "BalanceConfig",
     "DataConfig",
     "DistillConfig",
     "EvaluateConfig",
     "ModelConfig",
     "OptimizerConfig",
+    "PseudoLabelConfig",
     "RunConfig",
     "SchedulerConfig",
     "SegLossConfig",
@@ -135,6 +137,12 @@ class DataConfig(_Strict):
     neighbours: int = Field(0, ge=0, description="2.5D: k slices either side as extra channels (2k+1 per channel)")
     label_map: dict[int, int] | None = Field(None, description="raw label value -> value, e.g. {2: 1}")
     simulate_sites: SimulateSitesConfig | None = None
+    unlabeled: str | None = Field(None, description="extra image folder for distillation (any layout medkd reads; "
+                                                    "label files are never opened)")
+    unlabeled_left_out: bool = Field(False, description="distill on the training cases that train_fraction leaves "
+                                                        "out, as images without labels")
+    unlabeled_ratio: float = Field(1.0, gt=0.0, le=8.0,
+                                   description="unlabelled images per labelled image in every batch")
 
     @model_validator(mode="after")
     def _check_size(self) -> DataConfig:
@@ -199,6 +207,9 @@ class TrainConfig(_Strict):
         "off", description="torch.compile the student and the live teacher: a mode of the inductor backend, or "
                            "aot_eager (tracing only, no code generation: for checking a model compiles)")
     val_every: int = Field(1, ge=1)
+    grad_norm_every: int | None = Field(
+        50, ge=1, description="every N steps, log the gradient norm of the segmentation loss and of each "
+                              "distillation term on the student's parameters (distillation runs; null: never)")
     grad_clip: float | None = Field(None, gt=0)
     threads: int | None = Field(None, ge=1)
     progress: bool = True
@@ -220,11 +231,32 @@ class TeacherConfig(_Strict):
         return self
 
 
+class PseudoLabelConfig(_Strict):
+    """Pseudo-label term on images without labels (METHODS.md, "Distillation on images without labels"): the run's
+    segmentation loss against ``argmax(t)``, counted only where the teacher's top probability >= ``threshold``."""
+
+    weight: float = Field(1.0, ge=0)
+    threshold: float = Field(0.9, ge=0.0, le=1.0)
+
+
+class BalanceConfig(_Strict):
+    """Automatic loss balancing (medkd's addition): every ``every`` steps each distillation term's gradient norm on
+    the student's parameters is compared with the segmentation loss's; the term is scaled so that its norm is at
+    most (``cap``) or exactly (``match``) ``target`` x the segmentation norm (scales smoothed by ``momentum``)."""
+
+    target: float = Field(0.5, gt=0)
+    mode: Literal["cap", "match"] = "cap"
+    every: int = Field(10, ge=1)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+
+
 class DistillConfig(_Strict):
     """Distillation terms added to the segmentation loss (see ``medkd losses``)."""
 
     teacher: TeacherConfig
     terms: list[dict[str, Any]] = Field(default_factory=list)
+    pseudo_label: PseudoLabelConfig | None = None
+    balance: BalanceConfig | None = None
     cache: bool = Field(False, description="compute the teacher's outputs once (float16, on disk) and reuse them")
     cache_dir: str | None = Field(None, description="cache folder (default: RUN/teacher_cache)")
 
@@ -249,6 +281,20 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     distill: DistillConfig | None = None
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @model_validator(mode="after")
+    def _check_unlabeled(self) -> RunConfig:
+        uses_unlabeled = self.data.unlabeled is not None or self.data.unlabeled_left_out
+        if uses_unlabeled and self.distill is None:
+            raise ValueError("data.unlabeled / data.unlabeled_left_out need a distill: section (a teacher)")
+        if uses_unlabeled and self.data.dim != 2:
+            raise ValueError("data.unlabeled / data.unlabeled_left_out: 2D runs only (data.dim 2)")
+        if self.data.unlabeled_left_out and self.data.train_fraction >= 1.0:
+            raise ValueError("data.unlabeled_left_out: data.train_fraction is 1, so no training case is left out")
+        if self.distill is not None and self.distill.pseudo_label is not None and not uses_unlabeled:
+            raise ValueError("distill.pseudo_label needs images without labels (data.unlabeled or "
+                             "data.unlabeled_left_out)")
+        return self
 
 
 def _model_fields(model: type[BaseModel]) -> dict[str, Any]:

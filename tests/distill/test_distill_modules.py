@@ -10,8 +10,8 @@ from medkd.distill import functional as KF
 from medkd.distill.losses import DistillLoss, create_loss, list_losses, loss_info
 from medkd.errors import ConfigError
 
-ALL = ["adaptive_affinity", "affinity", "attention_map", "bottleneck_kl", "contrastive", "feature_mse",
-       "kdnet_soft_label", "kernel_matrix", "logits_kl", "region_affinity"]
+ALL = ["adaptive_affinity", "affinity", "attention_map", "bottleneck_kl", "contrastive", "cwd", "dist",
+       "feature_mse", "kdnet_soft_label", "kernel_matrix", "logits_kl", "region_affinity"]
 
 
 def tapped(nd, seed=0, c=3, student_ch=(8, 16, 8), teacher_ch=(16, 32, 16), grad=False):

@@ -28,19 +28,27 @@ def draw_ops(batch_size: int, spatial_dims: int, cfg: AugmentConfig, generator: 
 
 
 def apply_ops(x: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
-    """Apply per-sample flips / rotations (in the first two spatial axes) to ``x`` of shape (B, C, *spatial)."""
+    """Apply per-sample flips / rotations (in the first two spatial axes) to ``x`` of shape (B, C, *spatial).
+
+    Samples that share an op are transformed together (at most 4 x 4 distinct ops in 2D), so the cost does not
+    grow with a per-sample loop; the result equals transforming each sample on its own.
+    """
     spatial_dims = x.ndim - 2
-    out = []
-    for i in range(x.shape[0]):
-        xi = x[i]
-        flip_axes = [d + 1 for d in range(spatial_dims) if ops[i, d]]
+    if not bool(ops.any()):
+        return x
+    out = torch.empty_like(x)
+    unique, group = torch.unique(ops, dim=0, return_inverse=True)
+    group = group.to(x.device)
+    for g, op in enumerate(unique.tolist()):
+        idx = torch.nonzero(group == g).flatten()
+        xg = x.index_select(0, idx)
+        flip_axes = [d + 2 for d in range(spatial_dims) if op[d]]
         if flip_axes:
-            xi = torch.flip(xi, flip_axes)
-        k = int(ops[i, spatial_dims])
-        if k:
-            xi = torch.rot90(xi, k, dims=(1, 2))
-        out.append(xi)
-    return torch.stack(out)
+            xg = torch.flip(xg, flip_axes)
+        if op[spatial_dims]:
+            xg = torch.rot90(xg, op[spatial_dims], dims=(2, 3))
+        out.index_copy_(0, idx, xg)
+    return out
 
 
 def augment_batch(batch: Mapping[str, torch.Tensor], cfg: AugmentConfig, generator: torch.Generator,
@@ -61,8 +69,8 @@ def augment_batch(batch: Mapping[str, torch.Tensor], cfg: AugmentConfig, generat
     if cfg.intensity > 0:
         b = ref.shape[0]
         shape = (b,) + (1,) * (ref.ndim - 1)
-        scale = 1 + cfg.intensity * torch.randn(shape, generator=generator)
-        shift = cfg.intensity * torch.randn(shape, generator=generator)
+        scale = (1 + cfg.intensity * torch.randn(shape, generator=generator)).to(ref.device)
+        shift = (cfg.intensity * torch.randn(shape, generator=generator)).to(ref.device)
         for key in ("image", "teacher_image"):
             if key in out:
                 out[key] = out[key] * scale + shift

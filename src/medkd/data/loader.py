@@ -14,6 +14,7 @@ With ``data.neighbours = k`` (2.5D) every held channel becomes ``2k + 1`` channe
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,17 +23,27 @@ import torch
 
 from medkd.config import DataConfig, RunConfig
 from medkd.data.formats import DatasetIndex, read_dataset, with_label_map
-from medkd.data.pipeline import PreparedCase, prepare_cases, resize_image, resize_label, slice_samples
+from medkd.data.pipeline import (
+    PreparedCase,
+    load_case,
+    prepare_arrays,
+    prepare_cases,
+    resize_image,
+    resize_label,
+    slice_samples,
+)
 from medkd.data.preprocess import model_in_channels, neighbour_positions
 from medkd.data.splits import make_split, subsample_cases
 from medkd.errors import ConfigError
 
 __all__ = [
     "DataBundle",
+    "ImageSliceSource",
     "PatchSource",
     "SliceSource",
     "build_bundle",
     "build_train_source",
+    "build_unlabeled_source",
     "iter_batches",
     "iter_indexed_batches",
     "open_dataset",
@@ -158,7 +169,25 @@ def build_bundle(cfg: RunConfig) -> DataBundle:
     meta: dict[str, Any] = {"protocol": _protocol(cfg.data), "train_fraction": cfg.data.train_fraction}
     if cfg.data.train_fraction < 1.0:
         meta["train_pool"] = pool
+    unlabeled = _unlabeled_record(cfg.data, pool, split["train"])
+    if unlabeled:
+        meta["unlabeled"] = unlabeled
     return DataBundle(index, split, channels, teacher_channels, class_names, cfg.data.neighbours, meta)
+
+
+def _unlabeled_record(data: DataConfig, pool: list[str], train: list[str]) -> dict[str, Any]:
+    """Which images a run distills on without labels (recorded in ``split.json`` under ``unlabeled``)."""
+    record: dict[str, Any] = {}
+    if data.unlabeled_left_out:
+        chosen = set(train)
+        record["left_out"] = [cid for cid in pool if cid not in chosen]
+    if data.unlabeled is not None:
+        extra = read_dataset(data.unlabeled, "auto")
+        record["folder"] = str(extra.root)
+        record["folder_cases"] = sorted(c.case_id for c in extra.cases)
+    if record:
+        record["ratio"] = data.unlabeled_ratio
+    return record
 
 
 class SliceSource:
@@ -247,6 +276,49 @@ class PatchSource:
             imgs.append(self.volumes[v][:, x:x + px, y:y + py, z:z + pz])
             labs.append(self.labels[v][:, x:x + px, y:y + py, z:z + pz])
         return torch.stack(imgs), torch.stack(labs)
+
+
+class ImageSliceSource(SliceSource):
+    """2D slices of volumes read WITHOUT their labels (distillation on images without labels).
+
+    Label files are never opened; :meth:`samples` returns labels filled with -1 ("no label").
+    """
+
+    def __init__(self, images: list[torch.Tensor], size: tuple[int, int]):
+        slices = []
+        for vol in images:
+            depth = vol.shape[-1] if vol.ndim == 4 else 1
+            for z in range(depth):
+                slices.append(resize_image(vol[..., z] if vol.ndim == 4 else vol, size))
+        if not slices:
+            raise ConfigError("data.unlabeled: no images without labels to distill on")
+        self.images = torch.stack(slices).float()
+        self.labels = torch.full((self.images.shape[0], 1, *self.images.shape[2:]), -1, dtype=torch.long)
+
+
+def build_unlabeled_source(cfg: RunConfig, bundle: DataBundle) -> ImageSliceSource | None:
+    """The run's images without labels (left-out training cases, ``data.unlabeled`` folder), or None.
+
+    Images pass the run's preprocessing with the channels of :attr:`DataBundle.loaded_channels` (looked up by
+    name in the extra folder); labels are never read.
+    """
+    record = bundle.meta.get("unlabeled")
+    if not record:
+        return None
+    names = [bundle.index.channel_names[i] for i in bundle.loaded_channels]
+    volumes = [_image_only(bundle.index, cid, bundle.loaded_channels, cfg.data) for cid in record.get("left_out", [])]
+    if "folder" in record:
+        extra = read_dataset(record["folder"], "auto")
+        positions = extra.channel_indices(names)
+        volumes += [_image_only(extra, cid, positions, cfg.data) for cid in record["folder_cases"]]
+    return ImageSliceSource(volumes, tuple(cfg.data.size))
+
+
+def _image_only(index: DatasetIndex, case_id: str, channels: list[int], data: DataConfig) -> torch.Tensor:
+    """One case's preprocessed image (C, *spatial); its label file, if any, is never opened."""
+    case = dataclasses.replace(index.case(case_id), label_file=None)
+    image, _, affine = load_case(case, channels, index=index)
+    return torch.from_numpy(prepare_arrays(case_id, case.site, image, None, affine, data).image)
 
 
 def build_train_source(cfg: RunConfig, bundle: DataBundle) -> SliceSource | PatchSource:

@@ -40,6 +40,8 @@ __all__ = [
     "bottleneck_kl",
     "class_log_probs",
     "class_probs",
+    "cwd_loss",
+    "dist_loss",
     "feature_mse",
     "info_nce",
     "kdnet_soft_label_loss",
@@ -648,3 +650,103 @@ def region_affinity_loss(student_feat: Tensor, teacher_feat: Tensor, mask: Tenso
     cos_s = _region_cosine(student_feat, fg)
     cos_t = _region_cosine(teacher_feat.detach(), fg)
     return (cos_s - cos_t).pow(2).mean()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 9. channel-wise distillation (CWD; Shu et al., ICCV 2021) - medkd's addition
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def cwd_loss(student: Tensor, teacher: Tensor, temperature: float = 1.0) -> Tensor:
+    """Channel-wise distillation (METHODS.md item 9; Shu et al., "Channel-wise knowledge distillation for dense
+    prediction", ICCV 2021). medkd's addition, not in the seeds.
+
+    For each sample ``b`` and channel ``c``, ``phi_bc = softmax over all spatial positions of (y_bc / T)``;
+    ``L = T^2 * mean over batch and channels of KL(phi_bc^t || phi_bc^s)``, the KL summed over the positions.
+    Computed with ``log_softmax`` over the flattened spatial axes (stable for large activations).
+
+    The inputs are logits (``C`` = classes) or feature maps: the distribution lives along the spatial axes, so
+    one-channel (binary) logits are used as they are (no two-class expansion: the spatial softmax of one channel
+    is not constant). The KL is summed over positions, but each distribution has total mass 1, so the value does
+    not grow with the image size: upsampling both maps by pixel replication leaves it unchanged.
+
+    Args:
+        student: ``(B, C, *spatial)``; already adapted / resized to the teacher's shape (the module does it).
+        teacher: same shape (detached inside).
+        temperature: ``T > 0`` (default 1, the authors' setting).
+
+    Returns:
+        Scalar loss (0 when ``student == teacher``).
+    """
+    _check_spatial(student, "cwd")
+    _check_same_shape(student, teacher, "cwd")
+    log_ps = F.log_softmax(student.float().flatten(2) / temperature, dim=2)  # (B, C, N)
+    log_pt = F.log_softmax(teacher.detach().float().flatten(2) / temperature, dim=2)
+    kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=2)  # (B, C)
+    return kl.mean() * temperature**2
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 10. DIST (Huang et al., NeurIPS 2022) - medkd's addition
+# ----------------------------------------------------------------------------------------------------------------
+
+PEARSON_EPS = 1e-8  # METHODS.md item 10: added to the norms, so a constant vector has correlation 0
+
+
+def _pearson(a: Tensor, b: Tensor, dim: int) -> Tensor:
+    """Pearson correlation along ``dim``: ``<a - mean a, b - mean b> / ((|a - mean a| + eps) (|b - mean b| + eps))``.
+
+    A constant vector gives 0, with a finite gradient (``vector_norm``'s subgradient at 0). Each vector is first
+    shifted by its first element (Pearson is shift-invariant) so that a constant vector centres to exactly zero: in
+    float32, ``x - mean(x)`` of a constant ``x`` can leave rounding residues of ``1e-8``, the size of ``eps``, which
+    would give such a vector an arbitrary correlation instead of 0.
+    """
+    a = a - a.narrow(dim, 0, 1)
+    b = b - b.narrow(dim, 0, 1)
+    a = a - a.mean(dim=dim, keepdim=True)
+    b = b - b.mean(dim=dim, keepdim=True)
+    na = torch.linalg.vector_norm(a, dim=dim) + PEARSON_EPS
+    nb = torch.linalg.vector_norm(b, dim=dim) + PEARSON_EPS
+    return (a * b).sum(dim=dim) / (na * nb)
+
+
+def dist_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, beta: float = 1.0,
+              gamma: float = 1.0) -> Tensor:
+    """DIST, relation distillation by Pearson correlation (METHODS.md item 10; Huang et al., "Knowledge
+    distillation from a stronger teacher", NeurIPS 2022). medkd's addition, not in the seeds.
+
+    ``p = softmax(logits / T)`` per pixel (binary two-class distribution for one channel), arranged as a matrix
+    whose rows are the ``N = B * prod(spatial)`` pixels of the batch and whose columns are the ``K`` classes.
+
+    - inter-class: ``1 - mean over pixels of pearson(p_s[n, :], p_t[n, :])``;
+    - intra-class: ``1 - mean over classes of pearson(p_s[:, c], p_t[:, c])``, each correlation over all pixels of
+      the batch;
+    - ``L = T^2 * (beta * inter + gamma * intra)``.
+
+    ``pearson`` adds ``eps = 1e-8`` to each centred norm, so a constant vector has correlation 0 (never NaN) and
+    ``L`` at ``student == teacher`` is 0 only up to terms of order ``eps / norm`` (larger for near-uniform pixels,
+    whose centred class vector has a tiny norm). With two classes every centred row is ``(-d, d)``, so a pixel's
+    inter-class correlation is ``+-1`` (or 0): the inter-class term then only counts pixels where student and
+    teacher disagree on the more likely class, and passes (almost) no gradient; the intra-class term carries
+    the signal in binary tasks.
+
+    Args:
+        student_logits: ``(B, C, *spatial)``.
+        teacher_logits: same shape (detached inside).
+        temperature: ``T > 0`` (default 1).
+        beta: weight of the inter-class term (default 1).
+        gamma: weight of the intra-class term (default 1).
+
+    Returns:
+        Scalar loss in ``[0, 2 T^2 (beta + gamma)]``.
+    """
+    _check_spatial(student_logits, "dist")
+    _check_same_shape(student_logits, teacher_logits, "dist")
+    ps = class_probs(student_logits, temperature)  # (B, K, *spatial), K >= 2
+    pt = class_probs(teacher_logits.detach(), temperature)
+    k = ps.shape[1]
+    ps = ps.movedim(1, -1).reshape(-1, k)  # (N, K): rows = pixels of the batch
+    pt = pt.movedim(1, -1).reshape(-1, k)
+    inter = 1.0 - _pearson(ps, pt, dim=1).mean()
+    intra = 1.0 - _pearson(ps, pt, dim=0).mean()
+    return temperature**2 * (beta * inter + gamma * intra)

@@ -51,7 +51,9 @@ __all__ = [
     "AffinityLoss",
     "AttentionMapLoss",
     "BottleneckKLLoss",
+    "CWDLoss",
     "ContrastiveLoss",
+    "DISTLoss",
     "DistillLoss",
     "FeatureAdapter",
     "FeatureMSELoss",
@@ -267,6 +269,16 @@ class DistillLoss(nn.Module):
               i: int = 0) -> tuple[Tensor, Tensor]:
         return student_feats[self.student_taps[i]], teacher_feats[self.teacher_taps[i]].detach()
 
+    def _positive_temperature(self, temperature: float) -> float:
+        if temperature <= 0:
+            raise ConfigError(f"loss {self.name!r}: temperature must be > 0, got {temperature}")
+        return float(temperature)
+
+    def _non_negative(self, option: str, value: float) -> float:
+        if value < 0:
+            raise ConfigError(f"loss {self.name!r}: {option} must be >= 0, got {value}")
+        return float(value)
+
 
 class _LogitsLoss(DistillLoss):
     """Losses on the output logits: the student map is resized to the teacher's size if they differ."""
@@ -281,11 +293,6 @@ class _LogitsLoss(DistillLoss):
             raise ConfigError(
                 f"loss {self.name!r}: logits shapes {tuple(s.shape)} and {tuple(t.shape)} are incompatible"
             )
-
-    def _positive_temperature(self, temperature: float) -> float:
-        if temperature <= 0:
-            raise ConfigError(f"loss {self.name!r}: temperature must be > 0, got {temperature}")
-        return float(temperature)
 
     def _logits(self, student_feats: Mapping[str, Tensor],
                 teacher_feats: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -516,6 +523,85 @@ class KDNetSoftLabelLoss(_LogitsLoss):
     def _compute(self, student_feats, teacher_feats, batch):
         s, t = self._logits(student_feats, teacher_feats)
         return KF.kdnet_soft_label_loss(s, t, self.temperature, self.temper_student)
+
+
+@register_loss("cwd")
+class CWDLoss(_AdaptedLoss):
+    """Channel-wise distillation, CWD (Shu et al. ICCV 2021; METHODS.md item 9; medkd's addition).
+
+    See :func:`~medkd.distill.functional.cwd_loss`. On the logits tap (both taps ``"logits"``, the default) there
+    is no adapter: the channel counts must match and the student map is resized to the teacher's spatial size,
+    as for :class:`LogitsKLLoss`. On any other (feature) tap the student features pass a trainable
+    :class:`FeatureAdapter` (1x1 conv to the teacher's channels, then resize to the teacher's size), as for
+    :class:`KernelMatrixLoss`. METHODS.md suggests a term weight of 3 (the authors' Cityscapes setting).
+
+    Args:
+        temperature: ``T`` (default 1).
+        adapter: None (default): no adapter on the logits tap, one on any other tap; True: always an adapter;
+            False: never (the channel counts must match; the student is still resized to the teacher's size).
+        tap, student_tap, teacher_tap: see :class:`DistillLoss` (default ``"logits"``; any feature tap works).
+    """
+
+    description = "CWD: T^2 * mean over (b, c) of KL between spatial softmaxes (Shu et al. 2021); logits or features"
+    default_tap = "logits"
+    trainable_extras = "student adapter (1x1 conv) on feature taps only"
+
+    def __init__(self, *, temperature: float = 1.0, adapter: bool | None = None, tap: str | None = None,
+                 student_tap: str | None = None, teacher_tap: str | None = None) -> None:
+        super().__init__(adapter=adapter, tap=tap, student_tap=student_tap, teacher_tap=teacher_tap)
+        self.temperature = self._positive_temperature(temperature)
+
+    @property
+    def on_logits(self) -> bool:
+        """Whether both networks are read at their output logits."""
+        return self.student_taps == ("logits",) and self.teacher_taps == ("logits",)
+
+    def _build(self, student_feats, teacher_feats):
+        s, t = self._pair(student_feats, teacher_feats)
+        if s.dim() < 3 or s.dim() != t.dim():
+            raise ConfigError(
+                f"loss {self.name!r}: shapes {tuple(s.shape)} and {tuple(t.shape)} are incompatible"
+            )
+        need = (not self.on_logits) if self.use_adapter is None else bool(self.use_adapter)
+        if need:
+            self.adapter = FeatureAdapter(s.dim() - 2, s.shape[1], t.shape[1]).to(s.device)
+        elif s.shape[1] != t.shape[1]:
+            raise ConfigError(
+                f"loss {self.name!r}: student and teacher have {s.shape[1]} and {t.shape[1]} channels "
+                "and no adapter"
+            )
+
+    def _compute(self, student_feats, teacher_feats, batch):
+        s, t = self._pair(student_feats, teacher_feats)
+        s = self.adapter(s, t.shape[2:]) if self.adapter is not None else KF.resize_to(s, t.shape[2:])
+        return KF.cwd_loss(s, t, self.temperature)
+
+
+@register_loss("dist")
+class DISTLoss(_LogitsLoss):
+    """DIST, Pearson-correlation relation distillation (Huang et al. NeurIPS 2022; METHODS.md item 10; medkd's
+    addition). See :func:`~medkd.distill.functional.dist_loss`.
+
+    Args:
+        temperature: ``T`` (default 1).
+        beta: weight of the inter-class (per-pixel) term (default 1).
+        gamma: weight of the intra-class (per-class, over the batch's pixels) term (default 1).
+        tap, student_tap, teacher_tap: see :class:`DistillLoss` (default ``"logits"``).
+    """
+
+    description = "DIST: T^2 (beta (1 - inter-class) + gamma (1 - intra-class) Pearson) (Huang et al. 2022)"
+    default_tap = "logits"
+
+    def __init__(self, *, temperature: float = 1.0, beta: float = 1.0, gamma: float = 1.0, tap: str | None = None,
+                 student_tap: str | None = None, teacher_tap: str | None = None) -> None:
+        super().__init__(tap=tap, student_tap=student_tap, teacher_tap=teacher_tap)
+        self.temperature = self._positive_temperature(temperature)
+        self.beta = self._non_negative("beta", beta)
+        self.gamma = self._non_negative("gamma", gamma)
+
+    def _compute(self, student_feats, teacher_feats, batch):
+        s, t = self._logits(student_feats, teacher_feats)
+        return KF.dist_loss(s, t, self.temperature, self.beta, self.gamma)
 
 
 @register_loss("attention_map")

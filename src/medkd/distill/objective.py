@@ -156,16 +156,23 @@ class DistillObjective(nn.Module):
     def forward(self, student_feats: Mapping[str, Tensor], teacher_feats: Mapping[str, Tensor],
                 batch: Mapping[str, Any] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Weighted sum of the terms and each term's unweighted value (detached, for logging) by term name."""
-        parts: dict[str, Tensor] = {}
+        values = self.term_values(student_feats, teacher_feats, batch)
         total: Tensor | None = None
-        for name, weight, loss in zip(self.names, self.weights, self.losses):
-            value = loss(student_feats, teacher_feats, batch)
-            parts[name] = value.detach()
-            total = weight * value if total is None else total + weight * value
+        for name, weight in zip(self.names, self.weights):
+            total = weight * values[name] if total is None else total + weight * values[name]
         if total is None:
             ref = next(iter(student_feats.values()), None)
             total = torch.zeros((), device=ref.device if ref is not None else None)
-        return total, parts
+        return total, {name: value.detach() for name, value in values.items()}
+
+    def term_values(self, student_feats: Mapping[str, Tensor], teacher_feats: Mapping[str, Tensor],
+                    batch: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
+        """Each term's unweighted value by term name, with its graph (for per-term gradients)."""
+        return {name: loss(student_feats, teacher_feats, batch) for name, loss in zip(self.names, self.losses)}
+
+    def term_weights(self) -> dict[str, float]:
+        """Each term's configured weight by term name."""
+        return dict(zip(self.names, self.weights))
 
     def ascent_parameters(self) -> list[nn.Parameter]:
         """Parameters the trainer maximises the objective over (adaptive affinity weights)."""

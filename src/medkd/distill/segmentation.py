@@ -23,12 +23,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss, DiceLoss, FocalLoss
+from monai.losses import DiceCELoss, DiceLoss, FocalLoss, MaskedDiceLoss
 from torch import Tensor, nn
 
 from medkd.errors import ConfigError, unknown_name_error
 
-__all__ = ["SEG_LOSSES", "SegmentationLoss", "create_seg_loss"]
+__all__ = ["SEG_LOSSES", "SegmentationLoss", "create_seg_loss", "pseudo_label_loss"]
 
 SEG_LOSSES: dict[str, str] = {
     "dice_ce": "MONAI DiceCELoss: Dice + cross-entropy",
@@ -61,12 +61,22 @@ class SegmentationLoss(nn.Module):
         act = {"sigmoid": True} if binary else {"softmax": True, "to_onehot_y": True}
         bg = {} if binary else {"include_background": include_background}
         self.dice = DiceLoss(**act, **bg)
+        # the masked Dice gets a one-hot target: MONAI multiplies the INTEGER label by the mask before its own
+        # one-hot, which would turn every masked-out pixel into background ground truth (counted in the Dice)
+        self.masked_dice = MaskedDiceLoss(**{k: v for k, v in act.items() if k != "to_onehot_y"}, **bg)
         self.dice_ce = DiceCELoss(**act, **bg) if name == "dice_ce" else None
         if name == "focal_dice":
-            self.focal = FocalLoss(gamma=gamma, **({} if binary else {"use_softmax": True, "to_onehot_y": True}))
+            focal_act = {} if binary else {"use_softmax": True, "to_onehot_y": True}
+            self.focal = FocalLoss(gamma=gamma, **focal_act)
+            self.focal_per_pixel = FocalLoss(gamma=gamma, reduction="none", **focal_act)
 
-    def forward(self, logits: Tensor, label: Tensor) -> Tensor:
-        """Loss of ``logits`` (B, C, *spatial) against ``label`` (B, 1, *spatial) or (B, *spatial) integers."""
+    def forward(self, logits: Tensor, label: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Loss of ``logits`` (B, C, *spatial) against ``label`` (B, 1, *spatial) or (B, *spatial) integers.
+
+        ``mask`` (B, 1, *spatial), 0 / 1: only pixels where it is 1 count (MONAI ``MaskedDiceLoss`` for the Dice
+        part; the pixel-wise parts are averaged over the kept pixels). It serves the pseudo-label term on images
+        without labels (METHODS.md, "Distillation on images without labels").
+        """
         if logits.shape[1] != self.num_classes:
             raise ConfigError(
                 f"segmentation loss {self.name!r}: logits have {logits.shape[1]} channels, "
@@ -81,6 +91,8 @@ class SegmentationLoss(nn.Module):
             )
         logits = logits.float()
         target = (label > 0).float() if self.num_classes == 1 else label.long()
+        if mask is not None:
+            return self._masked(logits, target, mask.float())
         if self.name == "dice_ce":
             return self.dice_ce(logits, target if self.num_classes == 1 else label)
         if self.name == "dice":
@@ -97,8 +109,56 @@ class SegmentationLoss(nn.Module):
             bce = -(onehot * log_p.clamp_min(-100.0) + (1.0 - onehot) * log_1mp.clamp_min(-100.0)).mean()
         return self.dice(logits, target) + bce
 
+    def _masked(self, logits: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        """The same loss counted only where ``mask`` is 1 (a mask with no 1 gives a zero that keeps the graph)."""
+        kept = mask.sum()
+        if float(kept) == 0:
+            return logits.sum() * 0.0
+        dice_target = target if self.num_classes == 1 else \
+            F.one_hot(target[:, 0], self.num_classes).movedim(-1, 1).float()
+        dice = self.masked_dice(logits, dice_target, mask=mask)
+
+        def masked_mean(per_pixel: Tensor) -> Tensor:
+            return (per_pixel * mask).sum() / (kept * per_pixel.shape[1])
+
+        if self.name == "dice":
+            return dice
+        if self.name == "focal_dice":
+            return 0.5 * masked_mean(self.focal_per_pixel(logits, target)) + 0.5 * dice
+        if self.num_classes == 1:
+            pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+            return dice + masked_mean(pixel)
+        if self.name == "dice_ce":
+            ce = F.cross_entropy(logits, target[:, 0], reduction="none")[:, None]
+            return dice + masked_mean(ce)
+        onehot = F.one_hot(target[:, 0], self.num_classes).movedim(-1, 1).float()
+        log_p = F.log_softmax(logits, dim=1)
+        log_1mp = torch.log(-torch.expm1(log_p.clamp_max(-1e-7)))
+        bce = -(onehot * log_p.clamp_min(-100.0) + (1.0 - onehot) * log_1mp.clamp_min(-100.0))
+        return dice + masked_mean(bce)
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, num_classes={self.num_classes}"
+
+
+def pseudo_label_loss(seg_loss: SegmentationLoss, student_logits: Tensor, teacher_logits: Tensor,
+                      threshold: float) -> tuple[Tensor, Tensor]:
+    """The run's segmentation loss against the teacher's ``argmax``, where the teacher is confident.
+
+    METHODS.md, "Distillation on images without labels": pixels whose teacher top probability (softmax; for one
+    channel ``max(sigmoid, 1 - sigmoid)``) is below ``threshold`` do not count.
+
+    Returns:
+        The loss and the kept-pixel mask (B, 1, *spatial), as float.
+    """
+    teacher_logits = teacher_logits.detach().float()
+    if teacher_logits.shape[1] == 1:
+        prob = torch.sigmoid(teacher_logits)
+        confidence, labels = torch.maximum(prob, 1 - prob), (prob > 0.5).long()
+    else:
+        confidence, labels = torch.softmax(teacher_logits, dim=1).max(dim=1, keepdim=True)
+    mask = (confidence >= threshold).float()
+    return seg_loss(student_logits, labels, mask=mask), mask
 
 
 def create_seg_loss(name: str, num_classes: int, **kwargs: Any) -> SegmentationLoss:

@@ -18,7 +18,8 @@ import numpy as np
 
 from medkd.errors import MedkdError
 
-__all__ = ["finite_values", "format_mean_std", "mean_std", "one_way_anova", "paired_wilcoxon"]
+__all__ = ["finite_values", "format_mean_std", "hierarchical_bootstrap", "mean_std", "one_way_anova",
+           "paired_seed_test", "paired_wilcoxon"]
 
 #: Fewest paired cases for which :func:`paired_wilcoxon` reports a p-value. With 5 pairs the smallest
 #: possible exact two-sided p-value is 2 / 2**5 = 0.0625, so no difference could ever be significant.
@@ -193,4 +194,70 @@ def one_way_anova(groups: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
     res = sps.f_oneway(*values)
     out["F"] = _to_float(res.statistic)
     out["p"] = _to_float(res.pvalue)
+    return out
+
+
+def paired_seed_test(a: Mapping[Any, Any], b: Mapping[Any, Any]) -> dict[str, Any]:
+    """Paired comparison with the SEED as the unit: one value per seed and method (e.g. mean test Dice).
+
+    The per-seed differences ``a_s - b_s`` (seeds both hold) are tested with a two-sided paired t-test
+    (``scipy.stats.ttest_rel``), and their mean gets a 95% t interval. Unlike a Wilcoxon over volumes, this asks
+    whether the effect exceeds the seed-to-seed spread of training itself.
+
+    Returns:
+        ``{"n", "delta", "sd", "ci95": [lo, hi], "t", "p", "wins", "losses", "reason"}``; ``wins`` counts seeds
+        with ``a > b``. ``t`` / ``p`` / ``ci95`` are ``None`` with a ``reason`` below 2 seeds or with no spread.
+    """
+    seeds = sorted((k for k in a if k in b), key=str)
+    diffs = [(x, y) for x, y in ((_to_float(a[k]), _to_float(b[k])) for k in seeds) if x is not None and y is not None]
+    d = np.asarray([x - y for x, y in diffs], dtype=np.float64)
+    out: dict[str, Any] = {"n": len(d), "delta": float(d.mean()) if len(d) else None,
+                           "sd": float(d.std(ddof=1)) if len(d) > 1 else None, "ci95": None, "t": None, "p": None,
+                           "wins": int((d > 0).sum()), "losses": int((d < 0).sum()), "reason": None}
+    if len(d) < 2:
+        out["reason"] = f"only {len(d)} paired seed(s)"
+        return out
+    if np.all(d == d[0]):
+        out["reason"] = "every seed has the same difference (no spread)"
+        return out
+    from scipy import stats as sps
+
+    res = sps.ttest_rel([x for x, _ in diffs], [y for _, y in diffs])
+    half = float(sps.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
+    out.update(t=_to_float(res.statistic), p=_to_float(res.pvalue), ci95=[out["delta"] - half, out["delta"] + half])
+    return out
+
+
+def hierarchical_bootstrap(a: Mapping[Any, Mapping[Any, Any]], b: Mapping[Any, Mapping[Any, Any]],
+                           n_boot: int = 10000, seed: int = 0) -> dict[str, Any]:
+    """Bootstrap of the mean difference over seeds AND volumes (``a[seed][case]`` vs ``b[seed][case]``).
+
+    Each resample draws seeds with replacement (paired: the same seeds for both methods), then, within each
+    drawn seed, volumes with replacement (paired), and takes the mean of ``a - b``. Both sources of variation
+    (which training seed, which test volumes) are in the interval, so it neither pools volumes over seeds as
+    if they were independent nor ignores the test sample.
+
+    Returns:
+        ``{"n_seeds", "n_cases", "delta", "ci95": [lo, hi], "p_le_0", "n_boot"}``; ``p_le_0`` is the share of
+        resamples whose mean difference is <= 0 (a one-sided bootstrap p-value for "a > b").
+    """
+    seeds = sorted((s for s in a if s in b), key=str)
+    diffs = []
+    for s in seeds:
+        cases = sorted((c for c in a[s] if c in b[s]), key=str)
+        row = [(_to_float(a[s][c]), _to_float(b[s][c])) for c in cases]
+        diffs.append(np.asarray([x - y for x, y in row if x is not None and y is not None], dtype=np.float64))
+    diffs = [d for d in diffs if len(d)]
+    out: dict[str, Any] = {"n_seeds": len(diffs), "n_cases": int(min((len(d) for d in diffs), default=0)),
+                           "delta": float(np.mean([d.mean() for d in diffs])) if diffs else None, "ci95": None,
+                           "p_le_0": None, "n_boot": n_boot}
+    if len(diffs) < 2:
+        return out
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    for i in range(n_boot):
+        picks = rng.integers(0, len(diffs), len(diffs))
+        means[i] = np.mean([diffs[p][rng.integers(0, len(diffs[p]), len(diffs[p]))].mean() for p in picks])
+    out["ci95"] = [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+    out["p_le_0"] = float((means <= 0).mean())
     return out

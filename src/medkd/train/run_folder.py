@@ -73,6 +73,7 @@ def resolve_paths(cfg: RunConfig, base: Path | None = None) -> RunConfig:
     cfg = cfg.model_copy(deep=True)
     root = Path(absolute(cfg.data.root))
     cfg.data.root = str(root)
+    cfg.data.unlabeled = absolute(cfg.data.unlabeled)
     if cfg.data.split.file and not Path(cfg.data.split.file).is_absolute():
         in_root = root / cfg.data.split.file
         cfg.data.split.file = str(in_root if in_root.exists() else (base / cfg.data.split.file).resolve())

@@ -26,15 +26,17 @@ from tqdm.auto import tqdm
 from medkd.config import RunConfig
 from medkd.data.augment import apply_ops, augment_batch
 from medkd.data.check import ensure_usable
-from medkd.data.loader import build_bundle, build_train_source, iter_indexed_batches
+from medkd.data.loader import build_bundle, build_train_source, build_unlabeled_source, iter_indexed_batches
 from medkd.data.pipeline import prepare_cases
 from medkd.errors import ConfigError, MedkdError
 from medkd.io import atomic_write_json
+from medkd.train.balance import TermBalancer, gradient_norms
 from medkd.train.checkpoint import load_checkpoint, save_best, save_checkpoint
 from medkd.train.run_folder import RunFolder, build_network, load_teacher
 from medkd.train.validation import validate
 
 if TYPE_CHECKING:
+    from medkd.distill.objective import DistillObjective
     from medkd.models import FeatureTapper
 
 __all__ = ["TrainResult", "train"]
@@ -124,6 +126,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
                                cfg.data.dim).to(dev)
 
     source = build_train_source(cfg, bundle)
+    unlabeled = build_unlabeled_source(cfg, bundle)
+    n_unlabeled = max(1, round(cfg.data.unlabeled_ratio * cfg.train.batch_size)) if unlabeled is not None else 0
     val_cases = prepare_cases(bundle.index, bundle.split["val"], bundle.channels, cfg.data) \
         if bundle.split["val"] else []
     stu_pos = bundle.positions(bundle.channels)
@@ -139,6 +143,9 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
         from medkd.distill.objective import DistillObjective
 
         objective = DistillObjective.from_config(cfg.distill.terms).to(dev)
+        if unlabeled is not None and objective.needs_label:
+            raise ConfigError("data.unlabeled: a distillation term reads the ground truth, which images without "
+                              "labels do not have; drop it or distill on labelled images only")
         s_taps = sorted(set(objective.student_taps()) | {"logits"})
         t_taps = sorted(set(objective.teacher_taps()) | {"logits"})
     elif has_recon:
@@ -164,11 +171,14 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
         check_cacheable(cfg.data.augment, source.deterministic)
         keys = torch.arange(source.num_distinct)
         inputs, _ = source.samples(keys, torch.Generator().manual_seed(0))
+        if unlabeled is not None:  # unlabelled images follow the labelled ones: keys offset by num_distinct
+            inputs = torch.cat([inputs, unlabeled.images])
         cache_dir = Path(cfg.distill.cache_dir) if cfg.distill.cache_dir else folder.path / "teacher_cache"
         if world_size > 1 and not is_main:
             torch.distributed.barrier()  # rank 0 builds the cache, the others then read it
         cache = TeacherCache.build(cache_dir, teacher, inputs[:, tea_pos], t_taps, cfg.evaluate.batch_size, dev,
                                    log=tqdm.write if is_main else (lambda _: None))
+        cache.hold(dev)
         if world_size > 1 and is_main:
             torch.distributed.barrier()
 
@@ -205,6 +215,10 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
         if is_main:
             folder.truncate_metrics(start_epoch)
 
+    balancer = TermBalancer(cfg.distill.balance, objective.names) \
+        if objective is not None and cfg.distill.balance is not None else None
+    if state is not None and balancer is not None and tstate.get("balance") is not None:
+        balancer.load_state_dict(tstate["balance"])
     scaler = torch.amp.GradScaler(dev.type) if cfg.train.amp == "fp16" and dev.type == "cuda" else None
     ddp_student = student
     if world_size > 1:
@@ -217,8 +231,12 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
     s_tapper = FeatureTapper(student, s_taps) if s_taps else None
     t_tapper = FeatureTapper(teacher, t_taps) if teacher is not None and objective is not None and cache is None \
         else None
-    run_student = _compiled(ddp_student, cfg.train.compile)
-    run_teacher = _compiled(teacher, cfg.train.compile) if t_tapper is not None else None
+    ctx = StepContext(
+        cfg=cfg, model=_compiled(ddp_student, cfg.train.compile), student=student,
+        teacher=_compiled(teacher, cfg.train.compile) if t_tapper is not None else None,
+        objective=objective, seg_loss=seg_loss, s_tapper=s_tapper, t_tapper=t_tapper, optimizer=optimizer,
+        ascent_opt=ascent_opt, dev=dev, world_size=world_size, scaler=scaler, balancer=balancer)
+    val_history: list[float] = []
     for epoch in range(start_epoch, cfg.train.epochs):
         student.train()
         if objective is not None:
@@ -227,31 +245,43 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
         bar = tqdm(total=per_epoch, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
                    disable=not (cfg.train.progress and is_main), dynamic_ncols=True)
         totals: dict[str, float] = {}
+        counts: dict[str, int] = {}
         batches = iter_indexed_batches(source, cfg.train.batch_size, epoch_gen, rank, world_size, per_epoch)
         for indices, images, labels in batches:
+            keys = source.cache_keys(indices)
+            if unlabeled is not None:
+                extra = torch.randint(len(unlabeled), (n_unlabeled,), generator=epoch_gen)
+                images = torch.cat([images, unlabeled.images[extra]])
+                labels = torch.cat([labels, unlabeled.labels[extra]])
+                keys = torch.cat([keys, extra + source.num_distinct])
             batch = {"image": images[:, stu_pos], "label": labels}
             if tea_pos is not None and cache is None:
                 batch["teacher_image"] = images[:, tea_pos]
-            batch = augment_batch(batch, cfg.data.augment, epoch_gen)
+            # augmentation runs where the batch lives (on a GPU: no per-sample CPU copies)
+            batch = augment_batch({k: _to_device(v, dev, None) for k, v in batch.items()}, cfg.data.augment,
+                                  epoch_gen)
             cached = None
             if cache is not None:
-                cached = {k: apply_ops(v, batch["augment_ops"]).to(dev, non_blocking=True)
-                          for k, v in cache.get(source.cache_keys(indices)).items()}
-            batch = {k: _to_device(v, dev, memory_format) for k, v in batch.items()}
-            logs = _step(cfg, run_student, student, run_teacher, objective, seg_loss, s_tapper, t_tapper, batch,
-                         optimizer, ascent_opt, dev, cached, world_size, scaler)
+                cached = {k: apply_ops(v.to(dev, non_blocking=True), batch["augment_ops"])
+                          for k, v in cache.get(keys).items()}
+            batch = {k: _to_device(v, dev, memory_format) for k, v in batch.items() if k != "augment_ops"}
+            measure = bool(objective is not None and world_size == 1 and (
+                (cfg.train.grad_norm_every and step % cfg.train.grad_norm_every == 0)
+                or (balancer is not None and balancer.due(step))))
+            logs = _step(ctx, batch, len(indices), cached, measure)
             if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step()
             step += 1
             logs["lr"] = optimizer.param_groups[0]["lr"]
             for k, v in logs.items():
                 totals[k] = totals.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
             if is_main:
                 folder.log({"kind": "step", "epoch": epoch + 1, "step": step, **logs})
             bar.set_postfix(loss=f"{logs['loss']:.4f}")
             bar.update(1)
         bar.close()
-        means = {k: v / per_epoch for k, v in totals.items()}
+        means = {k: v / counts[k] for k, v in totals.items()}
         final_loss = means.get("loss", float("nan"))
         if not math.isfinite(final_loss):
             raise MedkdError(f"{cfg.name}: training loss became {final_loss} in epoch {epoch + 1}; "
@@ -263,6 +293,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
         if do_val:
             val = validate(student, val_cases, cfg, bundle.num_classes, dev)
             record["val_dice"] = val
+            val_history.append(val)
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step(val)
             if best["epoch"] is None or (math.isfinite(val) and val > best["val_dice"]):
@@ -279,6 +310,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
                 "optimizer": optimizer.state_dict(),
                 "ascent_optimizer": ascent_opt.state_dict() if ascent_opt else None,
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "balance": balancer.state_dict() if balancer is not None else None,
                 "torch_rng": torch.get_rng_state(),
             }
             save_checkpoint(folder.checkpoints, epoch + 1, student.state_dict(),
@@ -286,76 +318,174 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
             if cfg.train.progress:
                 val_txt = f" val Dice {record['val_dice']:.4f}" if "val_dice" in record else ""
                 tqdm.write(f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}: loss {final_loss:.4f}{val_txt}")
+    collapse = validation_collapse(best.get("val_dice"), _read_val_history(folder) if start_epoch else val_history)
+    if collapse and is_main:
+        tqdm.write(f"warning: {cfg.name}: {collapse}")
     if is_main:
         atomic_write_json(folder.path / "train_summary.json", {
             "epochs": cfg.train.epochs, "steps": step, "best": best, "final_train_loss": final_loss,
             "train_seconds": round(time.time() - t_start, 2), "device": str(dev), "world_size": world_size,
+            "val_collapse": collapse,
         })
     best_val = best.get("val_dice")
     return TrainResult(folder.path, cfg.train.epochs, best.get("epoch"),
                        None if best_val is None or not math.isfinite(best_val) else float(best_val), final_loss)
 
 
-def _step(cfg: RunConfig, model: Callable[[torch.Tensor], Any], student: torch.nn.Module,
-          teacher: Callable[[torch.Tensor], Any] | None, objective: torch.nn.Module | None,
-          seg_loss: torch.nn.Module, s_tapper: FeatureTapper | None, t_tapper: FeatureTapper | None,
-          batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-          ascent_opt: torch.optim.Optimizer | None, dev: torch.device,
-          cached: dict[str, torch.Tensor] | None = None, world_size: int = 1,
-          scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+#: A run is flagged when its last validations fall this far (Dice points / 100) below its best one.
+COLLAPSE_DROP = 0.05
+
+
+def validation_collapse(best: float | None, history: list[float], window: int = 3) -> str | None:
+    """A one-line warning when validation Dice collapsed after the best epoch, else None.
+
+    "Collapsed": the mean of the last ``window`` validations is more than :data:`COLLAPSE_DROP` below the best
+    one; the best checkpoint then comes from before the collapse and the run deserves a look.
+    """
+    if best is None or not math.isfinite(best) or len(history) < window + 1:
+        return None
+    recent = [v for v in history[-window:] if math.isfinite(v)]
+    tail = sum(recent) / len(recent) if recent else -math.inf
+    if best - tail > COLLAPSE_DROP:
+        return (f"validation Dice collapsed: best {best:.4f}, mean of the last {window} validations {tail:.4f}; "
+                "the best checkpoint predates the collapse")
+    return None
+
+
+def _read_val_history(folder: RunFolder) -> list[float]:
+    return [r["val_dice"] for r in read_metrics(folder.path) if r.get("kind") == "epoch" and "val_dice" in r]
+
+
+@dataclass
+class StepContext:
+    """What every step of a run uses: networks (and their compiled / DDP wrappers), losses, optimisers."""
+
+    cfg: RunConfig
+    model: Callable[[torch.Tensor], Any]
+    student: torch.nn.Module
+    teacher: Callable[[torch.Tensor], Any] | None
+    objective: DistillObjective | None
+    seg_loss: torch.nn.Module
+    s_tapper: FeatureTapper | None
+    t_tapper: FeatureTapper | None
+    optimizer: torch.optim.Optimizer
+    ascent_opt: torch.optim.Optimizer | None
+    dev: torch.device
+    world_size: int = 1
+    scaler: torch.amp.GradScaler | None = None
+    balancer: TermBalancer | None = None
+
+
+def _step(ctx: StepContext, batch: dict[str, torch.Tensor], n_labelled: int,
+          cached: dict[str, torch.Tensor] | None = None, measure: bool = False) -> dict[str, float]:
     """One optimisation step.
 
-    ``model`` / ``teacher`` run the student (DDP / compiled wrapper) and the live teacher, whose features the
-    persistent tappers catch; ``cached`` replaces the teacher's forward; ``scaler`` is fp16 loss scaling.
+    The first ``n_labelled`` samples of ``batch`` carry labels; the rest are images without labels, which only
+    the distillation terms (and the pseudo-label term) see. ``cached`` replaces the teacher's forward.
+    ``measure``: log every loss part's gradient norm on the student (and re-balance the terms).
     """
-    from medkd.models import normalize_output
-
-    optimizer.zero_grad(set_to_none=True)
-    if ascent_opt is not None:
-        ascent_opt.zero_grad(set_to_none=True)
+    cfg, dev = ctx.cfg, ctx.dev
+    ctx.optimizer.zero_grad(set_to_none=True)
+    if ctx.ascent_opt is not None:
+        ctx.ascent_opt.zero_grad(set_to_none=True)
     logs: dict[str, float] = {}
     with _autocast(cfg, dev):
-        if s_tapper is not None:
-            model(batch["image"])
-            s_feats = s_tapper.features
-            s_tapper.clear()
-            logits = s_feats["logits"]
-        else:
-            logits = normalize_output(model(batch["image"]))
-            s_feats = {"logits": logits}
-        seg = seg_loss(logits.float(), batch["label"])
-        loss = cfg.train.seg_loss.weight * seg
+        s_feats = _student_features(ctx, batch["image"])
+        logits = s_feats["logits"]
+        seg = ctx.seg_loss(logits[:n_labelled].float(), batch["label"][:n_labelled])
+        parts = {"seg": cfg.train.seg_loss.weight * seg}
         logs["seg"] = float(seg.detach())
         if "reconstruction" in s_feats:
             recon = torch.nn.functional.mse_loss(s_feats["reconstruction"].float(), batch["image"].float())
-            loss = loss + cfg.train.seg_loss.recon_weight * recon
+            parts["recon"] = cfg.train.seg_loss.recon_weight * recon
             logs["recon_mse"] = float(recon.detach())
-        if objective is not None and (cached is not None or t_tapper is not None):
-            if cached is not None:
-                t_feats = cached
-            else:
-                with torch.no_grad():
-                    teacher(batch["teacher_image"])
-                t_feats = {k: v.detach() for k, v in t_tapper.features.items()}
-                t_tapper.clear()
-            distill, terms = objective(s_feats, t_feats, batch)
-            loss = loss + distill
-            for name, value in terms.items():
-                logs[f"kd/{name}"] = float(value.detach())
-    (scaler.scale(loss) if scaler is not None else loss).backward()
-    if world_size > 1 and objective is not None:
-        _average_gradients(list(objective.parameters()), world_size)  # extras live outside DDP
-    if cfg.train.grad_clip:
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.train.grad_clip)
-    for opt in (optimizer, ascent_opt):
-        if opt is not None:
-            scaler.step(opt) if scaler is not None else opt.step()
-    if scaler is not None:
-        scaler.update()
+        if ctx.objective is not None and (cached is not None or ctx.t_tapper is not None):
+            t_feats = cached if cached is not None else _teacher_features(ctx, batch["teacher_image"])
+            parts.update(_distill_parts(ctx, s_feats, t_feats, n_labelled, batch, logs))
+    if measure:
+        _measure_and_balance(ctx, parts, logs)
+    loss = _combine(ctx, parts)
+    (ctx.scaler.scale(loss) if ctx.scaler is not None else loss).backward()
+    _optimiser_steps(ctx)
     logs["loss"] = float(loss.detach())
     return logs
+
+
+def _student_features(ctx: StepContext, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    from medkd.models import normalize_output
+
+    if ctx.s_tapper is None:
+        return {"logits": normalize_output(ctx.model(image))}
+    ctx.model(image)
+    feats = ctx.s_tapper.features
+    ctx.s_tapper.clear()
+    return feats
+
+
+def _teacher_features(ctx: StepContext, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        ctx.teacher(image)
+    feats = {k: v.detach() for k, v in ctx.t_tapper.features.items()}
+    ctx.t_tapper.clear()
+    return feats
+
+
+def _distill_parts(ctx: StepContext, s_feats: dict[str, torch.Tensor], t_feats: dict[str, torch.Tensor],
+                   n_labelled: int, batch: dict[str, torch.Tensor], logs: dict[str, float]
+                   ) -> dict[str, torch.Tensor]:
+    """Each weighted distillation term (labelled + unlabelled images) and the pseudo-label term (unlabelled)."""
+    values = ctx.objective.term_values(s_feats, t_feats, batch)
+    parts: dict[str, torch.Tensor] = {}
+    for name, weight in ctx.objective.term_weights().items():
+        parts[f"kd/{name}"] = weight * values[name]
+        logs[f"kd/{name}"] = float(values[name].detach())
+    pl_cfg = ctx.cfg.distill.pseudo_label
+    n_total = s_feats["logits"].shape[0]
+    if pl_cfg is not None and n_total > n_labelled:
+        from medkd.distill.segmentation import pseudo_label_loss
+
+        pl, mask = pseudo_label_loss(ctx.seg_loss, s_feats["logits"][n_labelled:].float(),
+                                     t_feats["logits"][n_labelled:], pl_cfg.threshold)
+        parts["pseudo_label"] = pl_cfg.weight * pl
+        logs["pseudo_label"] = float(pl.detach())
+        logs["pseudo_label_kept"] = float(mask.mean())
+    return parts
+
+
+def _measure_and_balance(ctx: StepContext, parts: dict[str, torch.Tensor], logs: dict[str, float]) -> None:
+    """Log each part's gradient norm on the student (``gn/<part>``, as it enters the loss) and re-balance."""
+    norms = gradient_norms(parts, list(ctx.student.parameters()))
+    if ctx.balancer is not None:
+        terms = {k[3:]: v for k, v in norms.items() if k.startswith("kd/")}
+        ctx.balancer.update(norms["seg"], terms)
+    for name, value in norms.items():
+        scale = ctx.balancer.scales.get(name[3:], 1.0) if ctx.balancer is not None and name.startswith("kd/") \
+            else 1.0
+        logs[f"gn/{name}"] = value * scale
+
+
+def _combine(ctx: StepContext, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The step's loss: the parts summed, distillation terms times their balance scales."""
+    total = None
+    for name, value in parts.items():
+        if ctx.balancer is not None and name.startswith("kd/"):
+            value = ctx.balancer.scales[name[3:]] * value
+        total = value if total is None else total + value
+    return total
+
+
+def _optimiser_steps(ctx: StepContext) -> None:
+    if ctx.world_size > 1 and ctx.objective is not None:
+        _average_gradients(list(ctx.objective.parameters()), ctx.world_size)  # extras live outside DDP
+    if ctx.cfg.train.grad_clip:
+        if ctx.scaler is not None:
+            ctx.scaler.unscale_(ctx.optimizer)
+        torch.nn.utils.clip_grad_norm_(ctx.student.parameters(), ctx.cfg.train.grad_clip)
+    for opt in (ctx.optimizer, ctx.ascent_opt):
+        if opt is not None:
+            ctx.scaler.step(opt) if ctx.scaler is not None else opt.step()
+    if ctx.scaler is not None:
+        ctx.scaler.update()
 
 
 def _compiled(module: torch.nn.Module, mode: str) -> Callable[[torch.Tensor], Any]:
@@ -376,9 +506,11 @@ def _to_device(x: torch.Tensor, dev: torch.device, memory_format: torch.memory_f
     """
     if type(x) is not torch.Tensor:
         x = x.as_subclass(torch.Tensor)
-    if dev.type == "cuda":
-        x = x.pin_memory()
-    x = x.to(dev, non_blocking=True)
+    on_target = x.device.type == dev.type and (dev.index is None or x.device.index == dev.index)
+    if not on_target:
+        if dev.type == "cuda":
+            x = x.pin_memory()
+        x = x.to(dev, non_blocking=True)
     if memory_format is not None and x.ndim == 4 and x.is_floating_point():
         x = x.contiguous(memory_format=memory_format)
     return x

@@ -1,0 +1,163 @@
+"""Statistics and tables of the quality benchmark (see ``run.py``): ``raw.json`` -> ``results_<tag>.json`` / ``.md``.
+
+The unit of a claim is the SEED: every arm's runs are paired with the student alone of the same seed (the same
+50% of training patients). Per arm and student:
+
+- ``mean +- std`` over seeds of the mean foreground Dice per test volume;
+- ``seed test``: paired t-test over seeds of (arm - alone), with its 95% t interval and wins / losses;
+- ``bootstrap``: hierarchical bootstrap over seeds and test volumes (95% interval of the mean difference);
+- ``per-volume Wilcoxon``: paired signed-rank test over the 40 test volumes of the seed-averaged per-volume
+  Dice (named as such: it ignores seed-to-seed spread, so it overstates significance);
+- ``gap closed``: (arm - alone) / (teacher - alone), means over seeds.
+
+``medkd recipe`` rows: the recipe arm chosen on the validation split (``run.py`` records the choice), and the
+recipe with its fallback, which per seed keeps the distilled student only when its best validation Dice beats
+the student alone's (so the recommended path is never worse than the student alone on validation).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medkd.evaluate.stats import hierarchical_bootstrap, paired_seed_test, paired_wilcoxon
+
+RUN_NAME = re.compile(r"^(?P<student>.+)-(?P<arm>[a-z0-9_]+)-s(?P<seed>\d+)$")
+
+
+def _arms_by_student(runs: dict[str, Any]) -> dict[str, dict[str, dict[int, dict[str, Any]]]]:
+    """student -> arm -> seed -> run record."""
+    out: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
+    for name, rec in runs.items():
+        m = RUN_NAME.match(name)
+        if m:
+            out.setdefault(m["student"], {}).setdefault(m["arm"], {})[int(m["seed"])] = rec
+    return out
+
+
+def _seed_means(arm: dict[int, dict[str, Any]]) -> dict[int, float]:
+    return {s: float(np.mean(list(r["test_dice"].values()))) for s, r in arm.items()}
+
+
+def _volume_means(arm: dict[int, dict[str, Any]], seeds: list[int]) -> dict[str, float]:
+    cases = sorted(set.intersection(*(set(arm[s]["test_dice"]) for s in seeds))) if seeds else []
+    return {c: float(np.mean([arm[s]["test_dice"][c] for s in seeds])) for c in cases}
+
+
+def compare(arm: dict[int, dict[str, Any]], alone: dict[int, dict[str, Any]], teacher: float | None
+            ) -> dict[str, Any]:
+    """All statistics of one arm against the student alone (seeds both have)."""
+    seeds = sorted(set(arm) & set(alone))
+    means = _seed_means(arm)
+    vals = list(means.values())
+    alone_means = _seed_means({s: alone[s] for s in seeds})
+    row: dict[str, Any] = {
+        "seeds": sorted(arm), "per_seed": {str(s): means[s] for s in sorted(means)},
+        "mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
+        "best_val_dice": {str(s): arm[s]["best_val_dice"] for s in sorted(arm)},
+        "val_collapse": [s for s in sorted(arm) if arm[s].get("val_collapse")],
+    }
+    if arm is alone or not seeds:
+        return row
+    row["seed_test"] = paired_seed_test({s: means[s] for s in seeds}, alone_means)
+    row["bootstrap"] = hierarchical_bootstrap({s: arm[s]["test_dice"] for s in seeds},
+                                              {s: alone[s]["test_dice"] for s in seeds})
+    w = paired_wilcoxon(_volume_means(arm, seeds), _volume_means(alone, seeds))
+    row["volume_wilcoxon"] = {k: w[k] for k in ("n", "delta", "p", "reason")}
+    alone_mean = float(np.mean(list(alone_means.values())))
+    if teacher is not None and teacher > alone_mean:
+        row["gap_closed"] = (float(np.mean([means[s] for s in seeds])) - alone_mean) / (teacher - alone_mean)
+    return row
+
+
+def with_fallback(arm: dict[int, dict[str, Any]], alone: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Per seed, the distilled run if its best validation Dice beats the student alone's, else the alone run."""
+    out = {}
+    for s in sorted(set(arm) & set(alone)):
+        a, b = arm[s].get("best_val_dice"), alone[s].get("best_val_dice")
+        out[s] = {**(arm[s] if a is not None and (b is None or a > b) else alone[s]),
+                  "fallback": not (a is not None and (b is None or a > b))}
+    return out
+
+
+def build(raw: dict[str, Any]) -> dict[str, Any]:
+    runs = raw["runs"]
+    teacher = runs.get("teacher")
+    teacher_dice = float(np.mean(list(teacher["test_dice"].values()))) if teacher else None
+    result: dict[str, Any] = {"teacher": {"test_dice": teacher_dice,
+                                          "best_val_dice": teacher["best_val_dice"] if teacher else None},
+                              "students": {}, "schedule": raw.get("schedule"), "machine": raw.get("machine")}
+    for student, arms in sorted(_arms_by_student(runs).items()):
+        alone = arms.get("alone", {})
+        rows = {name: compare(arm, alone, teacher_dice) for name, arm in arms.items()}
+        chosen = (raw.get(f"recipe_{student}") or {}).get("chosen")
+        if chosen in arms:
+            fb = with_fallback(arms[chosen], alone)
+            rows["recipe"] = {**compare(fb, alone, teacher_dice), "arm": chosen,
+                              "fallback_seeds": [s for s, r in fb.items() if r["fallback"]]}
+        result["students"][student] = {"rows": rows, "recipe_choice": raw.get(f"recipe_{student}")}
+    return result
+
+
+def _fmt(x: float | None, digits: int = 3, signed: bool = False) -> str:
+    if x is None:
+        return "-"
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def _p(p: float | None) -> str:
+    return "-" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def render(result: dict[str, Any], labels: dict[str, str]) -> str:
+    t = result["teacher"]
+    lines = [f"Teacher (monai.UNet 24..384, 2 residual units, 100% of training patients): test Dice "
+             f"{_fmt(t['test_dice'])} (best validation {_fmt(t['best_val_dice'])}).", ""]
+    for student, block in result["students"].items():
+        lines += [f"### {student}", "",
+                  "| arm | seeds | test Dice mean ± std | Δ vs alone (seed-paired) | seed t-test p [95% CI] | "
+                  "wins | hier. bootstrap 95% CI | per-volume Wilcoxon p | gap closed |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name, row in block["rows"].items():
+            st, bs, wv = row.get("seed_test", {}), row.get("bootstrap", {}), row.get("volume_wilcoxon", {})
+            ci = st.get("ci95")
+            ci_txt = f"{_p(st.get('p'))} [{_fmt(ci[0], signed=True)}, {_fmt(ci[1], signed=True)}]" if ci else \
+                _p(st.get("p"))
+            bci = bs.get("ci95")
+            label = labels.get(name, name)
+            if name == "recipe":
+                label = f"**medkd recipe** ({labels.get(row['arm'], row['arm'])}, with fallback; fell back on " \
+                        f"seeds {row['fallback_seeds'] or 'none'})"
+            lines.append(
+                f"| {label} | {len(row['seeds'])} | {_fmt(row['mean'])} ± {_fmt(row['std'])} | "
+                f"{_fmt(st.get('delta'), signed=True)} | {ci_txt} | "
+                f"{st.get('wins', '-')}/{st.get('n', '-')} | "
+                f"{'[' + _fmt(bci[0], signed=True) + ', ' + _fmt(bci[1], signed=True) + ']' if bci else '-'} | "
+                f"{_p(wv.get('p'))} | {_fmt(row.get('gap_closed'), 2)} |")
+        choice = block.get("recipe_choice")
+        if choice:
+            scores = ", ".join(f"{k} {v:.4f}" for k, v in choice["mean_val_dice"].items())
+            lines += ["", f"Recipe chosen on the validation split (mean best validation Dice over seeds 0-2): "
+                          f"**{choice['chosen']}** ({scores})."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(raw_file: Path, out_dir: Path, tag: str | None = None) -> dict[str, Any]:
+    from run import ARM_BY_NAME  # benchmarks/quality/run.py
+
+    raw = json.loads(Path(raw_file).read_text())
+    result = build(raw)
+    tag = tag or Path(raw_file).stem
+    labels = {name: arm.label for name, arm in ARM_BY_NAME.items()}
+    (out_dir / f"results_{tag}.json").write_text(json.dumps(result, indent=1) + "\n")
+    machine = raw.get("machine", {})
+    head = (f"# Quality benchmark: {tag}\n\nMachine: {machine.get('gpu') or machine.get('cpu', 'unknown')}; "
+            f"{machine.get('note', '')}\n\n")
+    (out_dir / f"results_{tag}.md").write_text(head + render(result, labels))
+    print(head + render(result, labels))
+    return result

@@ -1,0 +1,349 @@
+"""Quality benchmark: does distillation make a small student better than the same student trained alone?
+
+Setting (issue "Distillation that pays"): ACDC cine MRI as a compact copy at 128 x 128 in-plane
+(``medkd data compact``), ACDC's patient split (``splits.json``: 70 / 10 / 20 patients), students ``unet_s1``
+(57 k) and ``enet`` (0.36 M) trained on a seeded 50% of the training patients (drawn per seed, grouped by
+patient), the student alone on 100% as an upper control, one teacher trained on every training patient and
+reused. Every run is an ordinary ``medkd train`` run (the same trainer users run), scored by ``medkd evaluate``
+on the test split; arms differ only in their ``distill`` section and unlabelled images.
+
+Usage (from the project root)::
+
+    python benchmarks/quality/run.py plan                         # the arms and runs, nothing trained
+    python benchmarks/quality/run.py run --work ../quality_runs --device cuda --parallel 14 --deadline 480
+    python benchmarks/quality/run.py collect --work ../quality_runs --out raw.json
+    python benchmarks/quality/run.py report raw.json              # statistics -> results_<tag>.json / .md
+
+``run`` schedules the runs by priority (the student alone and the recipe candidates first), launches up to
+``--parallel`` at once, and, once the candidates of a student have finished, picks the recipe on the
+VALIDATION split (best mean validation Dice over seeds) and adds its extra seeds. At ``--deadline`` seconds it
+launches nothing new; runs still going at ``--hard-deadline`` are stopped and left out (the report lists every
+run that is missing). ``report`` computes, per arm, mean +- std over seeds, the paired Wilcoxon over test
+volumes (seed-averaged per volume), the seed-level paired t-test and a hierarchical bootstrap over seeds and
+volumes against the student alone, and the share of the teacher-student gap closed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+STUDENTS = ("unet_s1", "enet")
+TEACHER_MODEL = {"name": "monai.UNet",
+                 "kwargs": {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2}}
+FIXTURE = HERE / "fixtures" / "teacher_unet16_acdc128.safetensors"
+
+# --- arms ---------------------------------------------------------------------------------------------------------
+UNLABELED = {"data": {"unlabeled_left_out": True, "unlabeled_ratio": 1.0}}
+PSEUDO = {"pseudo_label": {"weight": 1.0, "threshold": 0.9}}
+BALANCE = {"balance": {"target": 1.0, "mode": "cap", "every": 10}}
+
+
+def _kd(terms: list[dict[str, Any]], *extra: dict[str, Any]) -> dict[str, Any]:
+    return {"distill": _merge({"terms": terms}, *extra)}
+
+
+KL1 = [{"loss": "logits_kl", "weight": 1.0, "temperature": 1.0}]
+KL4 = [{"loss": "logits_kl", "weight": 0.5, "temperature": 4.0}]
+CWD = [{"loss": "cwd", "weight": 3.0, "temperature": 1.0}]
+DIST = [{"loss": "dist", "weight": 1.0, "temperature": 1.0}]
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    label: str
+    priority: int
+    overrides: dict[str, Any] = field(default_factory=dict)
+    candidate: bool = False  # a recipe candidate (the recipe is chosen among them on validation)
+
+
+def _merge(*parts: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for part in parts:
+        out = _deep_merge(out, part)
+    return out
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+# Priorities: 0 the baseline, 1 the recipe candidates (unlabelled images + pseudo-labels + balance cap), 2 the
+# upper control, 3 the classics on labelled images as published, 4 what separates the recipe's ingredients.
+ARMS = [
+    Arm("alone", "student alone (50%)", 0),
+    Arm("rec_kl1", "KL T=1 + unlabelled + pseudo-labels (balanced)", 1,
+        _merge(UNLABELED, _kd(KL1, PSEUDO, BALANCE)), True),
+    Arm("rec_cwd", "CWD T=1 + unlabelled + pseudo-labels (balanced)", 1,
+        _merge(UNLABELED, _kd(CWD, PSEUDO, BALANCE)), True),
+    Arm("rec_dist", "DIST + unlabelled + pseudo-labels (balanced)", 1,
+        _merge(UNLABELED, _kd(DIST, PSEUDO, BALANCE)), True),
+    Arm("alone100", "student alone (100%, upper control)", 2, {"data": {"train_fraction": 1.0}}),
+    Arm("kl1", "logits KL T=1 w=1", 3, _kd(KL1)),
+    Arm("kl4", "logits KL T=4 w=0.5", 3, _kd(KL4)),
+    Arm("cwd", "CWD T=1 w=3", 3, _kd(CWD)),
+    Arm("dist", "DIST T=1 w=1", 3, _kd(DIST)),
+    Arm("rec_kl4", "KL T=4 + unlabelled + pseudo-labels (balanced)", 4, _merge(UNLABELED, _kd(KL4, PSEUDO, BALANCE))),
+    Arm("kl1_u", "KL T=1 + unlabelled (no pseudo-labels, no balance)", 4, _merge(UNLABELED, _kd(KL1))),
+]
+ARM_BY_NAME = {a.name: a for a in ARMS}
+
+
+def base_config(data: Path, epochs: int, threads: int, steps_per_epoch: int | None = None) -> dict[str, Any]:
+    """The student set-up every arm shares (the issue's GPU setting)."""
+    cfg = {
+        "data": {"root": str(data), "dim": 2, "size": [128, 128], "normalize": "zscore",
+                 "split": {"file": "splits.json", "group_pattern": "patient\\d+"}, "train_fraction": 0.5,
+                 "augment": {"flip": True, "rot90": True}},
+        "train": {"epochs": epochs, "batch_size": 16, "val_every": 3, "threads": threads, "progress": False,
+                  "optimizer": {"name": "adam", "lr": 3.0e-3}, "scheduler": {"name": "cosine", "min_lr": 1.0e-5},
+                  "seg_loss": {"name": "dice_ce"}},
+    }
+    if steps_per_epoch:
+        cfg["train"]["max_steps_per_epoch"] = steps_per_epoch
+    return cfg
+
+
+def teacher_config(data: Path, epochs: int, threads: int, steps_per_epoch: int | None = None) -> dict[str, Any]:
+    cfg = base_config(data, epochs, threads, steps_per_epoch)
+    cfg["data"]["train_fraction"] = 1.0
+    cfg["train"]["optimizer"]["lr"] = 2.0e-3
+    return {"name": "teacher", "seed": 0, "model": TEACHER_MODEL, **cfg}
+
+
+def run_config(arm: Arm, student: str, seed: int, args: argparse.Namespace, teacher: dict[str, Any]
+               ) -> dict[str, Any]:
+    cfg = _merge({"name": f"{student}-{arm.name}-s{seed}", "seed": seed, "model": {"name": student}},
+                 base_config(args.data, args.epochs, args.threads, args.steps_per_epoch), arm.overrides)
+    if "distill" in cfg:
+        cfg["distill"] = {"teacher": teacher, "cache": True, **cfg["distill"]}
+    return cfg
+
+
+# --- scheduling ---------------------------------------------------------------------------------------------------
+@dataclass
+class Job:
+    name: str
+    config: dict[str, Any]
+    priority: int
+    needs_teacher: bool
+    proc: subprocess.Popen | None = None
+    started: float | None = None
+    finished: float | None = None
+    status: str = "pending"  # pending | running | done | failed | stopped | skipped
+
+
+def _run_dir(work: Path, name: str) -> Path:
+    return work / "runs" / name
+
+
+def _launch(job: Job, work: Path, device: str) -> None:
+    cfg_file = work / "configs" / f"{job.name}.yaml"
+    cfg_file.parent.mkdir(parents=True, exist_ok=True)
+    cfg_file.write_text(yaml.safe_dump(job.config, sort_keys=False))
+    log = (work / "logs" / f"{job.name}.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "medkd", "train", str(cfg_file), "--out", str(_run_dir(work, job.name)),
+           "--device", device]
+    env = dict(os.environ, OMP_NUM_THREADS=str(job.config["train"]["threads"]))
+    job.proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    job.started, job.status = time.time(), "running"
+    print(f"[{time.strftime('%H:%M:%S')}] start {job.name}", flush=True)
+
+
+def _expected_seconds(jobs: list[Job], default: float = 150.0) -> float:
+    """How long a student run takes here: the longest finished one so far (x 1.1), else ``default``."""
+    times = [j.finished - j.started for j in jobs if j.status == "done" and j.name != "teacher" and j.finished]
+    return 1.1 * max(times) if times else default
+
+
+def _best_val(work: Path, name: str) -> float | None:
+    path = _run_dir(work, name) / "train_summary.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())["best"].get("val_dice")
+
+
+def _choose_recipe(work: Path, student: str, seeds: list[int]) -> str | None:
+    """The candidate arm with the best mean VALIDATION Dice over ``seeds`` (None until all have finished)."""
+    scores = {}
+    for arm in (a for a in ARMS if a.candidate):
+        vals = [_best_val(work, f"{student}-{arm.name}-s{s}") for s in seeds]
+        if any(v is None for v in vals):
+            return None
+        scores[arm.name] = sum(vals) / len(vals)
+    best = max(scores, key=scores.get)
+    (work / f"recipe_{student}.json").write_text(json.dumps({"chosen": best, "mean_val_dice": scores}, indent=2))
+    print(f"recipe for {student} (validation): {best} {scores}", flush=True)
+    return best
+
+
+def plan(args: argparse.Namespace, teacher: dict[str, Any]) -> list[Job]:
+    jobs = []
+    if args.teacher_fixture is None:
+        teacher_cfg = teacher_config(args.data, args.teacher_epochs, args.threads, args.steps_per_epoch)
+        jobs.append(Job("teacher", teacher_cfg, -1, False))
+    for arm in ARMS:
+        seeds = args.headline_seeds if arm.name == "alone" else args.seeds
+        for student in args.students:
+            for seed in range(seeds):
+                jobs.append(Job(f"{student}-{arm.name}-s{seed}", run_config(arm, student, seed, args, teacher),
+                                arm.priority, "distill" in arm.overrides))
+    return jobs
+
+
+def schedule(args: argparse.Namespace) -> None:
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    teacher = ({"model": TEACHER_MODEL, "checkpoint": str(args.teacher_fixture.resolve())} if args.teacher_fixture
+               else {"run": str(_run_dir(work, "teacher"))})
+    jobs = plan(args, teacher)
+    chosen: dict[str, str | None] = {s: None for s in args.students}
+    t0 = time.time()
+    while True:
+        now = time.time() - t0
+        running = [j for j in jobs if j.status == "running"]
+        for job in running:
+            code = job.proc.poll()
+            if code is not None:
+                job.status, job.finished = ("done" if code == 0 else "failed"), time.time()
+                print(f"[{time.strftime('%H:%M:%S')}] {job.status} {job.name} ({time.time() - job.started:.0f} s)",
+                      flush=True)
+            elif now > args.hard_deadline:
+                job.proc.kill()
+                job.status = "stopped"
+        for student in args.students:
+            if chosen[student] is None:
+                chosen[student] = _choose_recipe(work, student, list(range(args.seeds)))
+                if chosen[student] is not None:
+                    arm = ARM_BY_NAME[chosen[student]]
+                    for seed in range(args.seeds, args.headline_seeds):
+                        jobs.append(Job(f"{student}-{arm.name}-s{seed}", run_config(arm, student, seed, args, teacher),
+                                        1, True))
+        teacher_done = args.teacher_fixture is not None or any(j.name == "teacher" and j.status == "done" for j in jobs)
+        teacher_failed = any(j.name == "teacher" and j.status in ("failed", "stopped") for j in jobs)
+        pending = sorted((j for j in jobs if j.status == "pending"), key=lambda j: j.priority)
+        if teacher_failed:
+            for j in pending:
+                if j.needs_teacher:
+                    j.status = "skipped"
+        slots = args.parallel - sum(j.status == "running" for j in jobs)
+        can_launch = now <= args.deadline and now + _expected_seconds(jobs) <= args.hard_deadline
+        for job in pending:
+            if slots <= 0 or not can_launch:
+                break
+            if job.status == "pending" and (teacher_done or not job.needs_teacher):
+                _launch(job, work, args.device)
+                slots -= 1
+        running = any(j.status == "running" for j in jobs)
+        if not running and (not can_launch or not any(j.status == "pending" for j in jobs)):
+            break
+        time.sleep(2)
+    summary = {j.name: j.status for j in jobs}
+    (work / "schedule.json").write_text(json.dumps({"elapsed_s": round(time.time() - t0, 1), "jobs": summary,
+                                                    "recipe": chosen}, indent=2))
+    print(json.dumps({s: sum(v == s for v in summary.values()) for s in set(summary.values())}), flush=True)
+
+
+def train_teacher(args: argparse.Namespace) -> None:
+    """Train the benchmark's teacher with ``medkd train`` and store its best weights as the fp16 fixture."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    work = args.work.resolve()
+    job = Job("teacher", teacher_config(args.data, args.teacher_epochs, args.threads, args.steps_per_epoch), -1, False)
+    _launch(job, work, args.device)
+    if job.proc.wait() != 0:
+        raise SystemExit(f"teacher training failed; see {work / 'logs' / 'teacher.log'}")
+    weights = load_file(str(_run_dir(work, "teacher") / "checkpoints" / "best.safetensors"))
+    FIXTURE.parent.mkdir(exist_ok=True)
+    save_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in weights.items()}, str(FIXTURE))
+    print(f"teacher fixture -> {FIXTURE} ({FIXTURE.stat().st_size / 2**20:.1f} MiB)")
+
+
+# --- collecting ---------------------------------------------------------------------------------------------------
+def collect(work: Path) -> dict[str, Any]:
+    """Per run: per-volume test foreground Dice, best validation Dice, epoch, seconds, collapse flag."""
+    from medkd.report.compare import case_foreground_dice
+
+    runs = {}
+    for run in sorted((work / "runs").iterdir()):
+        per_case_file = run / "evaluation" / "per_case.json"
+        summary_file = run / "train_summary.json"
+        if not per_case_file.is_file() or not summary_file.is_file():
+            continue
+        per_case = json.loads(per_case_file.read_text())
+        summary = json.loads(summary_file.read_text())
+        classes = json.loads((run / "split.json").read_text())["classes"][1:]
+        runs[run.name] = {"test_dice": case_foreground_dice(per_case, classes),
+                          "best_val_dice": summary["best"].get("val_dice"), "best_epoch": summary["best"]["epoch"],
+                          "train_seconds": summary["train_seconds"], "val_collapse": summary.get("val_collapse"),
+                          "device": summary["device"]}
+    extra = {}
+    for name in ("schedule.json", "recipe_unet_s1.json", "recipe_enet.json", "machine.json"):
+        if (work / name).is_file():
+            extra[name.removesuffix(".json")] = json.loads((work / name).read_text())
+    return {"runs": runs, **extra}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for name in ("plan", "run", "teacher"):
+        p = sub.add_parser(name)
+        p.add_argument("--data", type=Path, default=Path("../acdc128"),
+                       help="compact ACDC copy (medkd data compact ../shared/data/acdc DIR --size 128x128)")
+        p.add_argument("--work", type=Path, default=Path("../quality_runs"))
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--parallel", type=int, default=1)
+        p.add_argument("--threads", type=int, default=2, help="torch threads per run")
+        p.add_argument("--epochs", type=int, default=60)
+        p.add_argument("--teacher-epochs", type=int, default=100)
+        p.add_argument("--steps-per-epoch", type=int, default=None, help="cap (smoke tests only)")
+        p.add_argument("--teacher-fixture", type=Path, default=None,
+                       help="safetensors weights of the teacher (skips training it)")
+        p.add_argument("--students", nargs="+", default=list(STUDENTS))
+        p.add_argument("--seeds", type=int, default=3)
+        p.add_argument("--headline-seeds", type=int, default=5)
+        p.add_argument("--deadline", type=float, default=float("inf"), help="seconds: launch nothing after")
+        p.add_argument("--hard-deadline", type=float, default=float("inf"), help="seconds: stop runs still going")
+    c = sub.add_parser("collect")
+    c.add_argument("--work", type=Path, required=True)
+    c.add_argument("--out", type=Path, required=True)
+    r = sub.add_parser("report")
+    r.add_argument("raw", type=Path)
+    r.add_argument("--tag", default=None)
+    args = parser.parse_args()
+    if args.cmd == "plan":
+        for job in sorted(plan(args, {"run": "TEACHER"}), key=lambda j: j.priority):
+            print(f"P{job.priority} {job.name}")
+    elif args.cmd == "run":
+        schedule(args)
+    elif args.cmd == "teacher":
+        train_teacher(args)
+    elif args.cmd == "collect":
+        args.out.write_text(json.dumps(collect(args.work), indent=1))
+    else:
+        from report import write_report  # benchmarks/quality/report.py
+
+        write_report(args.raw, HERE, args.tag)
+
+
+if __name__ == "__main__":
+    main()
