@@ -84,22 +84,42 @@ def with_fallback(arm: dict[int, dict[str, Any]], alone: dict[int, dict[str, Any
     return out
 
 
-def build(raw: dict[str, Any]) -> dict[str, Any]:
+def choose_recipe(best_val: dict[str, float | None], candidates: list[str], students: list[str],
+                  seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, Any] | None:
+    """The recipe, chosen on the VALIDATION split: the candidate arm with the highest mean best-validation Dice
+    over ``seeds`` of every student (one recipe for all students). Only candidates with all those runs finished
+    compete; None when none has."""
+    scores = {}
+    for arm in candidates:
+        vals = [best_val.get(f"{st}-{arm}-s{s}") for st in students for s in seeds]
+        if all(v is not None for v in vals):
+            scores[arm] = float(np.mean(vals))
+    if not scores:
+        return None
+    incomplete = [a for a in candidates if a not in scores]
+    return {"chosen": max(scores, key=scores.get), "mean_val_dice": scores, "incomplete": incomplete,
+            "rule": f"highest mean best-validation Dice over seeds {list(seeds)} of {', '.join(students)}"}
+
+
+def build(raw: dict[str, Any], candidates: list[str], arm_order: list[str]) -> dict[str, Any]:
     runs = raw["runs"]
     teacher = runs.get("teacher")
     teacher_dice = float(np.mean(list(teacher["test_dice"].values()))) if teacher else None
     result: dict[str, Any] = {"teacher": {"test_dice": teacher_dice,
                                           "best_val_dice": teacher["best_val_dice"] if teacher else None},
                               "students": {}, "schedule": raw.get("schedule"), "machine": raw.get("machine")}
-    for student, arms in sorted(_arms_by_student(runs).items()):
+    by_student = _arms_by_student(runs)
+    choice = choose_recipe({n: r.get("best_val_dice") for n, r in runs.items()}, candidates, sorted(by_student))
+    result["recipe_choice"] = choice
+    for student, arms in sorted(by_student.items()):
         alone = arms.get("alone", {})
-        rows = {name: compare(arm, alone, teacher_dice) for name, arm in arms.items()}
-        chosen = (raw.get(f"recipe_{student}") or {}).get("chosen")
-        if chosen in arms:
-            fb = with_fallback(arms[chosen], alone)
-            rows["recipe"] = {**compare(fb, alone, teacher_dice), "arm": chosen,
+        rows = {name: compare(arms[name], alone, teacher_dice) if name in arms else {"seeds": [], "not_run": True}
+                for name in arm_order}
+        if choice is not None and choice["chosen"] in arms:
+            fb = with_fallback(arms[choice["chosen"]], alone)
+            rows["recipe"] = {**compare(fb, alone, teacher_dice), "arm": choice["chosen"],
                               "fallback_seeds": [s for s, r in fb.items() if r["fallback"]]}
-        result["students"][student] = {"rows": rows, "recipe_choice": raw.get(f"recipe_{student}")}
+        result["students"][student] = {"rows": rows}
     return result
 
 
@@ -115,14 +135,22 @@ def _p(p: float | None) -> str:
 
 def render(result: dict[str, Any], labels: dict[str, str]) -> str:
     t = result["teacher"]
-    lines = [f"Teacher (monai.UNet 24..384, 2 residual units, 100% of training patients): test Dice "
+    lines = [f"Teacher (monai.UNet 16..256, 2 residual units, 1.6 M, 100% of training patients): test Dice "
              f"{_fmt(t['test_dice'])} (best validation {_fmt(t['best_val_dice'])}).", ""]
+    choice = result.get("recipe_choice")
+    if choice:
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in choice["mean_val_dice"].items())
+        lines += [f"Recipe chosen on the validation split ({choice['rule']}): **{choice['chosen']}** ({scores}; "
+                  f"not compared, runs missing: {', '.join(choice['incomplete']) or 'none'}).", ""]
     for student, block in result["students"].items():
         lines += [f"### {student}", "",
                   "| arm | seeds | test Dice mean ± std | Δ vs alone (seed-paired) | seed t-test p [95% CI] | "
                   "wins | hier. bootstrap 95% CI | per-volume Wilcoxon p | gap closed |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for name, row in block["rows"].items():
+            if row.get("not_run"):
+                lines.append(f"| {labels.get(name, name)} | 0 | not run (device time ran out) | | | | | | |")
+                continue
             st, bs, wv = row.get("seed_test", {}), row.get("bootstrap", {}), row.get("volume_wilcoxon", {})
             ci = st.get("ci95")
             ci_txt = f"{_p(st.get('p'))} [{_fmt(ci[0], signed=True)}, {_fmt(ci[1], signed=True)}]" if ci else \
@@ -138,20 +166,15 @@ def render(result: dict[str, Any], labels: dict[str, str]) -> str:
                 f"{st.get('wins', '-')}/{st.get('n', '-')} | "
                 f"{'[' + _fmt(bci[0], signed=True) + ', ' + _fmt(bci[1], signed=True) + ']' if bci else '-'} | "
                 f"{_p(wv.get('p'))} | {_fmt(row.get('gap_closed'), 2)} |")
-        choice = block.get("recipe_choice")
-        if choice:
-            scores = ", ".join(f"{k} {v:.4f}" for k, v in choice["mean_val_dice"].items())
-            lines += ["", f"Recipe chosen on the validation split (mean best validation Dice over seeds 0-2): "
-                          f"**{choice['chosen']}** ({scores})."]
         lines.append("")
     return "\n".join(lines)
 
 
 def write_report(raw_file: Path, out_dir: Path, tag: str | None = None) -> dict[str, Any]:
-    from run import ARM_BY_NAME  # benchmarks/quality/run.py
+    from run import ARM_BY_NAME, ARMS  # benchmarks/quality/run.py
 
     raw = json.loads(Path(raw_file).read_text())
-    result = build(raw)
+    result = build(raw, [a.name for a in ARMS if a.candidate], [a.name for a in ARMS])
     tag = tag or Path(raw_file).stem
     labels = {name: arm.label for name, arm in ARM_BY_NAME.items()}
     (out_dir / f"results_{tag}.json").write_text(json.dumps(result, indent=1) + "\n")

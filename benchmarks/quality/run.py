@@ -29,6 +29,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -180,18 +181,18 @@ def _best_val(work: Path, name: str) -> float | None:
     return json.loads(path.read_text())["best"].get("val_dice")
 
 
-def _choose_recipe(work: Path, student: str, seeds: list[int]) -> str | None:
-    """The candidate arm with the best mean VALIDATION Dice over ``seeds`` (None until all have finished)."""
-    scores = {}
-    for arm in (a for a in ARMS if a.candidate):
-        vals = [_best_val(work, f"{student}-{arm.name}-s{s}") for s in seeds]
-        if any(v is None for v in vals):
-            return None
-        scores[arm.name] = sum(vals) / len(vals)
-    best = max(scores, key=scores.get)
-    (work / f"recipe_{student}.json").write_text(json.dumps({"chosen": best, "mean_val_dice": scores}, indent=2))
-    print(f"recipe for {student} (validation): {best} {scores}", flush=True)
-    return best
+def _choose_recipe(work: Path, students: list[str], seeds: int) -> str | None:
+    """The recipe arm, chosen on VALIDATION once every candidate run of seeds 0..seeds-1 has finished."""
+    from report import choose_recipe  # benchmarks/quality/report.py
+
+    names = [f"{st}-{a.name}-s{s}" for st in students for a in ARMS if a.candidate for s in range(seeds)]
+    best = {n: _best_val(work, n) for n in names}
+    if any(v is None for v in best.values()):
+        return None
+    choice = choose_recipe(best, [a.name for a in ARMS if a.candidate], students, tuple(range(seeds)))
+    (work / "recipe.json").write_text(json.dumps(choice, indent=2))
+    print(f"recipe (validation): {choice}", flush=True)
+    return choice["chosen"]
 
 
 def plan(args: argparse.Namespace, teacher: dict[str, Any]) -> list[Job]:
@@ -205,6 +206,8 @@ def plan(args: argparse.Namespace, teacher: dict[str, Any]) -> list[Job]:
             for seed in range(seeds):
                 jobs.append(Job(f"{student}-{arm.name}-s{seed}", run_config(arm, student, seed, args, teacher),
                                 arm.priority, "distill" in arm.overrides))
+    if args.only:
+        jobs = [j for j in jobs if re.search(args.only, j.name)]
     return jobs
 
 
@@ -214,7 +217,7 @@ def schedule(args: argparse.Namespace) -> None:
     teacher = ({"model": TEACHER_MODEL, "checkpoint": str(args.teacher_fixture.resolve())} if args.teacher_fixture
                else {"run": str(_run_dir(work, "teacher"))})
     jobs = plan(args, teacher)
-    chosen: dict[str, str | None] = {s: None for s in args.students}
+    chosen: str | None = None
     t0 = time.time()
     while True:
         now = time.time() - t0
@@ -228,11 +231,11 @@ def schedule(args: argparse.Namespace) -> None:
             elif now > args.hard_deadline:
                 job.proc.kill()
                 job.status = "stopped"
-        for student in args.students:
-            if chosen[student] is None:
-                chosen[student] = _choose_recipe(work, student, list(range(args.seeds)))
-                if chosen[student] is not None:
-                    arm = ARM_BY_NAME[chosen[student]]
+        if chosen is None:
+            chosen = _choose_recipe(work, args.students, args.seeds)
+            if chosen is not None:  # the recipe's extra seeds for the headline comparison
+                arm = ARM_BY_NAME[chosen]
+                for student in args.students:
                     for seed in range(args.seeds, args.headline_seeds):
                         jobs.append(Job(f"{student}-{arm.name}-s{seed}", run_config(arm, student, seed, args, teacher),
                                         1, True))
@@ -296,7 +299,7 @@ def collect(work: Path) -> dict[str, Any]:
                           "train_seconds": summary["train_seconds"], "val_collapse": summary.get("val_collapse"),
                           "device": summary["device"]}
     extra = {}
-    for name in ("schedule.json", "recipe_unet_s1.json", "recipe_enet.json", "machine.json"):
+    for name in ("schedule.json", "recipe.json", "machine.json"):
         if (work / name).is_file():
             extra[name.removesuffix(".json")] = json.loads((work / name).read_text())
     return {"runs": runs, **extra}
@@ -319,6 +322,7 @@ def main() -> None:
         p.add_argument("--teacher-fixture", type=Path, default=None,
                        help="safetensors weights of the teacher (skips training it)")
         p.add_argument("--students", nargs="+", default=list(STUDENTS))
+        p.add_argument("--only", default=None, help="regular expression: run only the matching runs")
         p.add_argument("--seeds", type=int, default=3)
         p.add_argument("--headline-seeds", type=int, default=5)
         p.add_argument("--deadline", type=float, default=float("inf"), help="seconds: launch nothing after")

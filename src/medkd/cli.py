@@ -71,7 +71,7 @@ def data_compact(
     source: Path = typer.Argument(..., help="dataset folder to copy (never modified)"),
     out: Path = typer.Argument(..., help="new folder for the copy (nnU-Net v2 raw layout)"),
     size: str = typer.Option("128x128", "--size", help="in-plane size of every slice, e.g. 128x128"),
-    dtype: str = typer.Option("uint8", "--dtype", help="uint8 (per-volume min-max scaled), float16 or float32"),
+    dtype: str = typer.Option("uint8", "--dtype", help="uint8 (per-volume min-max scaled) or float32"),
     format: str = typer.Option("auto", "--format", help="format of SOURCE (auto-detected by default)"),
 ) -> None:
     """Write a compact copy of a dataset: slices resized in-plane, small data type (to carry or to train small)."""
@@ -107,6 +107,35 @@ def train_cmd(
                        f"(epoch {result.best_epoch}) -> {run_dir}")
             if evaluate:
                 _print_summary(_evaluate(run_dir, None, ctx.device))
+
+
+@app.command("recipe")
+def recipe_cmd(
+    config: Path = typer.Argument(..., help="student-alone run config (YAML): data, model, train"),
+    teacher: Path = typer.Option(..., "--teacher", help="the frozen teacher's run folder"),
+    out: Path = typer.Option(..., "--out", help="folder for OUT/alone, OUT/distilled and OUT/recipe.json"),
+    set_: list[str] = typer.Option([], "--set", help="override a config key of the student, e.g. train.epochs=5"),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)"),
+) -> None:
+    """The recommended recipe: train the student alone and distilled, keep the better one on validation."""
+    from medkd.recipe import choose, read_config_dict, recipe_configs
+    from medkd.train.run_folder import resolve_paths
+    from medkd.train.trainer import train
+
+    alone, distilled, notes = recipe_configs(read_config_dict(config, set_), teacher, source=str(config))
+    for note in notes:
+        typer.echo(f"note: {note}")
+    for arm, cfg in (("alone", alone), ("distilled", distilled)):
+        run_dir = out / arm
+        if (run_dir / "train_summary.json").is_file():
+            typer.echo(f"{run_dir}: finished earlier; kept")
+            continue
+        typer.echo(f"training {arm} -> {run_dir}")
+        train(resolve_paths(cfg), run_dir, resume=(run_dir / "checkpoints" / "last.json").is_file(), device=device)
+        _print_summary(_evaluate(run_dir, None, device))
+    record = choose(out / "alone", out / "distilled", out / "recipe.json")
+    scores = ", ".join(f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in record["val_dice"].items())
+    typer.echo(f"recipe: kept {record['chosen']} (best validation Dice: {scores}) -> {record['run']}")
 
 
 def _evaluate(run_dir: Path, split: str | None, device: str | None) -> dict:

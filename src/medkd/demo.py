@@ -1,9 +1,10 @@
 """``medkd demo``: the whole distillation story on embedded synthetic data, on a laptop CPU.
 
 1. generate a 2D multi-site phantom dataset (``medkd data synth``) into ``OUT/data``;
-2. train a teacher, the student alone, and the student distilled from the frozen teacher, each a
-   normal run folder (``OUT/teacher``, ``OUT/student``, ``OUT/distilled``) read through the same
-   loader a user's own data takes;
+2. train a teacher on every training case, the student alone on half of them (labels are scarce), and
+   the same student distilled from the frozen teacher with medkd's recommended recipe (``medkd recipe``:
+   the other half as images without labels, CWD, pseudo-labels, balanced terms), each a normal run folder
+   (``OUT/teacher``, ``OUT/student``, ``OUT/distilled``) read through the same loader a user's own data takes;
 3. evaluate all three on the held-out test cases (whole cases, per class and per site);
 4. write ``OUT/report.md`` and ``OUT/report.html`` with a table, training curves, a qualitative panel
    and a verdict computed from the numbers (including when distillation does not help).
@@ -24,6 +25,7 @@ import yaml
 from medkd.config import parse_config
 from medkd.errors import MedkdError
 from medkd.evaluate.runner import evaluate_run
+from medkd.recipe import choose, recipe_configs
 from medkd.report.compare import comparison_document
 from medkd.report.figures import plot_qualitative
 from medkd.train.run_folder import load_run_model, resolve_paths
@@ -36,18 +38,20 @@ RUNS = ("teacher", "student", "distilled")
 
 def demo_config(which: str, data_root: Path, teacher_run: Path | None, quick: bool, seed: int) -> Any:
     """The packaged demo config ``which`` with the data / teacher paths (and quick settings) filled in."""
-    text = resources.files("medkd.presets").joinpath("demo", f"{which}.yaml").read_text()
+    preset = "student" if which == "distilled" else which
+    text = resources.files("medkd.presets").joinpath("demo", f"{preset}.yaml").read_text()
     data = yaml.safe_load(text)
     data["seed"] = seed
     data["data"]["root"] = str(data_root)
-    if which == "distilled":
-        data["distill"]["teacher"]["run"] = str(teacher_run)
     data["train"]["threads"] = max(1, min(2, torch.get_num_threads()))
     if quick:
         data["data"]["size"] = [48, 48]
         data["train"]["epochs"] = 2
-        data["train"]["batch_size"] = 8
+        data["train"]["batch_size"] = 4
         data["train"]["progress"] = False
+    if which == "distilled":  # the student's config plus medkd's recommended recipe
+        data["name"] = "distilled"
+        return resolve_paths(recipe_configs(data, teacher_run, source="demo/student.yaml + recipe")[1])
     return resolve_paths(parse_config(data, source=f"demo/{which}.yaml"))
 
 
@@ -87,7 +91,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, cases: int | None = 
         raise MedkdError(f"{out}: folder exists and is not empty; choose another --out or remove it")
     n_cases = cases or (24 if quick else 96)
     data_root = out / "data"
-    typer.echo(f"[1/4] generating {n_cases} synthetic 2D cases from 4 sites -> {data_root}")
+    typer.echo(f"[1/5] generating {n_cases} synthetic 2D cases from 4 sites -> {data_root}")
     generate_dataset(data_root, dim=2, cases=n_cases, sites=4, modalities=1, seed=seed,
                      size=(64, 64) if quick else (128, 128))
     summaries: dict[str, dict] = {}
@@ -95,10 +99,10 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, cases: int | None = 
     for step, name in enumerate(RUNS, start=2):
         cfg = demo_config(name, data_root, paths["teacher"], quick, seed)
         params_note = f"{cfg.model.name}"
-        typer.echo(f"[{step}/4] training {name} ({params_note}, {cfg.train.epochs} epochs)")
+        typer.echo(f"[{step}/5] training {name} ({params_note}, {cfg.train.epochs} epochs)")
         train(cfg, paths[name], device="cpu")
         summaries[name] = evaluate_run(paths[name], "test", "cpu", progress=False)
-    typer.echo("[4/4] writing the report")
+    typer.echo("[5/5] writing the report")
     context = (f"Synthetic 2D phantoms ({n_cases} cases, 4 simulated sites, seed {seed}), "
                f"{summaries['teacher']['n_cases']} held-out test cases, one seed; "
                f"{'quick' if quick else 'demo'} budget on CPU ({platform.processor() or platform.machine()}, "
@@ -106,6 +110,11 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, cases: int | None = 
     doc = comparison_document("medkd demo: teacher, student alone, distilled student", paths, baseline="student",
                               context=context, figures_dir=out / "figures",
                               compare_pairs=[("distilled", "student"), ("teacher", "student")])
+    kept = choose(paths["student"], paths["distilled"], out / "recipe.json")
+    doc.paragraph(f"medkd recipe's choice on the validation cases (never the test cases): kept the "
+                  f"{'distilled student' if kept['chosen'] == 'distilled' else 'student alone'} (best validation "
+                  f"Dice: student alone {_fmt(kept['val_dice']['alone'])}, distilled "
+                  f"{_fmt(kept['val_dice']['distilled'])}); recipe.json records it.")
     qual = _qualitative(out, paths)
     doc.heading("Qualitative results", 3)
     doc.image(str(qual.relative_to(out)), "middle slice of test cases: reference red, prediction green")
@@ -113,8 +122,13 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, cases: int | None = 
                   "metrics.jsonl, evaluation/).")
     doc.write(out)
     _print_table(summaries)
+    typer.echo(f"recipe (chosen on validation): kept {kept['chosen']}")
     typer.echo(f"report: {out / 'report.md'} and {out / 'report.html'}")
     return summaries
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _print_table(summaries: dict[str, dict]) -> None:

@@ -80,3 +80,29 @@ def test_cache_reads_back_and_flips_apply_exactly(tmp_path):
         next(teacher.parameters()).add_(1.0)
     TeacherCache.build(tmp_path / "c", teacher, inputs, ["logits", "bottleneck"], log=messages.append)
     assert "reusing" not in messages[-1]
+
+
+def test_held_cache_reads_exactly_what_the_disk_path_reads(tmp_path):
+    torch.manual_seed(1)
+    teacher = create_model("unet_s1", 1, 3, 2).eval()
+    inputs = torch.randn(5, 1, 32, 32)
+    cache = TeacherCache.build(tmp_path / "c", teacher, inputs, ["logits", "bottleneck"], batch_size=2,
+                               shard_size=2, log=lambda _: None)  # 3 shards, the last one short
+    keys = torch.tensor([4, 0, 3, 3, 1, 2])  # every shard, a repeat, out of order
+    disk = cache.get(keys)
+    # too big for the limit: not held, reads keep coming from disk
+    assert cache.hold(max_bytes=1) is False
+    assert cache._held is None
+    still_disk = cache.get(keys)
+    assert all(torch.equal(still_disk[t], disk[t]) for t in disk)
+    assert cache.hold() is True
+    held = cache.get(keys)
+    assert set(held) == set(disk) == {"logits", "bottleneck"}
+    for tap in disk:
+        assert held[tap].dtype == disk[tap].dtype == torch.float32
+        assert torch.equal(held[tap], disk[tap]), tap
+    # and single keys agree with a fresh disk-backed cache, row by row
+    fresh = TeacherCache(tmp_path / "c")
+    for k in range(5):
+        one = torch.tensor([k])
+        assert all(torch.equal(cache.get(one)[t], fresh.get(one)[t]) for t in disk)

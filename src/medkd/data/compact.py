@@ -31,7 +31,7 @@ from medkd.errors import MedkdError
 
 __all__ = ["write_compact_copy"]
 
-_DTYPES = ("uint8", "float16", "float32")
+_DTYPES = ("uint8", "float32")  # NIfTI-1 has no half-precision type (nibabel refuses float16)
 
 
 def write_compact_copy(source: str | Path, out: str | Path, size: Sequence[int] = (128, 128),
@@ -60,7 +60,8 @@ def write_compact_copy(source: str | Path, out: str | Path, size: Sequence[int] 
 
 def _check_target(src: Path, out: Path, dtype: str, size: Sequence[int]) -> None:
     if dtype not in _DTYPES:
-        raise MedkdError(f"--dtype {dtype}: expected one of {', '.join(_DTYPES)}")
+        why = " (NIfTI has no float16 data type)" if dtype == "float16" else ""
+        raise MedkdError(f"--dtype {dtype}: expected one of {', '.join(_DTYPES)}{why}")
     if len(size) != 2 or min(size) < 1:
         raise MedkdError(f"--size {list(size)}: expected two positive in-plane sizes, e.g. 128x128")
     if out.exists():

@@ -267,7 +267,10 @@ def read_nnunet(root: Path) -> DatasetIndex:
     """Read an nnU-Net v2 raw dataset: ``imagesTr/<case>_<CCCC><ending>``, ``labelsTr/<case><ending>``.
 
     Every case needs one file per declared channel and a label file; a case missing any of them, a
-    channel number beyond the declared ones, or a label without an image is recorded as an issue.
+    channel number beyond the declared ones, or a label without an image is recorded as an issue. A folder
+    with no ``labelsTr`` at all is a dataset of images without labels (every case's ``label_file`` is None),
+    e.g. the extra images of distillation on images without labels (``data.unlabeled``); training on its
+    cases with a segmentation loss fails with a one-line error naming the case.
     """
     root = Path(root)
     data = _load_dataset_json(root)
@@ -303,11 +306,13 @@ def read_nnunet(root: Path) -> DatasetIndex:
         if missing:
             issues.append(f"{images_dir / f'{case_id}_{missing[0]:04d}{ending}'}: channel file missing "
                           f"(dataset.json declares {len(channels)} channel(s))")
-        if not label.is_file():
+        images_only = not labels_dir.is_dir()
+        if not images_only and not label.is_file():
             issues.append(f"{label}: label file missing for case {case_id!r}")
-        if extra or missing or not label.is_file():
+        if extra or missing or (not images_only and not label.is_file()):
             continue
-        cases.append(Case(case_id, tuple(files[i] for i in range(len(channels))), label, sites.get(case_id)))
+        cases.append(Case(case_id, tuple(files[i] for i in range(len(channels))), None if images_only else label,
+                          sites.get(case_id)))
     if labels_dir.is_dir():
         for f in sorted(labels_dir.iterdir()):
             if f.name.endswith(ending) and not f.name.startswith(".") and f.name[: -len(ending)] not in by_case:

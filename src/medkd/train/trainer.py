@@ -217,6 +217,9 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
 
     balancer = TermBalancer(cfg.distill.balance, objective.names) \
         if objective is not None and cfg.distill.balance is not None else None
+    if balancer is not None and world_size > 1:
+        raise ConfigError("distill.balance: not available with more than one process yet (the per-term gradient "
+                          "norms are measured outside DDP); drop it or train in one process")
     if state is not None and balancer is not None and tstate.get("balance") is not None:
         balancer.load_state_dict(tstate["balance"])
     scaler = torch.amp.GradScaler(dev.type) if cfg.train.amp == "fp16" and dev.type == "cuda" else None
@@ -339,13 +342,15 @@ COLLAPSE_DROP = 0.05
 def validation_collapse(best: float | None, history: list[float], window: int = 3) -> str | None:
     """A one-line warning when validation Dice collapsed after the best epoch, else None.
 
-    "Collapsed": the mean of the last ``window`` validations is more than :data:`COLLAPSE_DROP` below the best
-    one; the best checkpoint then comes from before the collapse and the run deserves a look.
+    "Collapsed": the best validation came before the last ``window`` ones, and their mean is more than
+    :data:`COLLAPSE_DROP` below it; the best checkpoint then predates the collapse and the run deserves a look.
     """
-    if best is None or not math.isfinite(best) or len(history) < window + 1:
+    finite = [v for v in history if math.isfinite(v)]
+    if best is None or not math.isfinite(best) or len(finite) < window + 1:
         return None
-    recent = [v for v in history[-window:] if math.isfinite(v)]
-    tail = sum(recent) / len(recent) if recent else -math.inf
+    if max(finite[-window:]) >= best:
+        return None  # the best is among the last validations: still improving
+    tail = sum(finite[-window:]) / window
     if best - tail > COLLAPSE_DROP:
         return (f"validation Dice collapsed: best {best:.4f}, mean of the last {window} validations {tail:.4f}; "
                 "the best checkpoint predates the collapse")

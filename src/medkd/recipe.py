@@ -1,0 +1,108 @@
+"""``medkd recipe``: the recommended distillation recipe, with a fallback that keeps it from ever doing harm.
+
+Given a student-alone config (data, model, training) and a frozen teacher, the recipe trains two ordinary run
+folders with the same seed and data: ``OUT/alone`` (the config as it is) and ``OUT/distilled`` (the config plus
+the packaged overlay ``presets/recommended/distill.yaml``: distillation on images without labels, CWD on the
+logits, the pseudo-label term, gradient balancing, a cached teacher). It then keeps whichever has the higher best
+VALIDATION Dice and records the choice in ``OUT/recipe.json``; the test split never takes part in the choice. On
+the quality benchmark the distilled student won on validation for every seed and student, but a user's data may
+differ, and the fallback makes the recommended path no worse than the student alone on validation.
+
+The overlay needs images without labels: the training cases that ``data.train_fraction`` leaves out, or an
+extra folder (``data.unlabeled``). With neither (``train_fraction`` 1 and no folder) the recipe distils on the
+labelled images alone, without the pseudo-label term, and says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medkd.config import RunConfig, apply_overrides, parse_config
+from medkd.errors import ConfigError, MedkdError
+from medkd.io import atomic_write_json
+
+__all__ = ["ARMS", "choose", "recipe_configs", "recipe_overlay"]
+
+ARMS = ("alone", "distilled")
+
+
+def recipe_overlay() -> dict[str, Any]:
+    """The packaged recipe (``presets/recommended/distill.yaml``) as a config fragment."""
+    text = resources.files("medkd.presets").joinpath("recommended", "distill.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else copy.deepcopy(value)
+    return out
+
+
+def recipe_configs(student: dict[str, Any], teacher_run: str | Path, source: str = "config"
+                   ) -> tuple[RunConfig, RunConfig, list[str]]:
+    """The ``alone`` and ``distilled`` configs of a student-alone config dict, and notes on what was adapted."""
+    if student.get("distill") is not None:
+        raise ConfigError(f"{source}: has a distill: section; medkd recipe takes a student-alone config and adds "
+                          "the recipe's distillation itself")
+    notes: list[str] = []
+    overlay = recipe_overlay()
+    overlay["distill"]["teacher"] = {"run": str(teacher_run)}
+    data = student.get("data", {})
+    if data.get("unlabeled") is not None:
+        overlay["data"].pop("unlabeled_left_out")
+    elif float(data.get("train_fraction", 1.0)) >= 1.0:
+        overlay.pop("data")
+        overlay["distill"].pop("pseudo_label")
+        notes.append("no images without labels (data.train_fraction is 1 and data.unlabeled is not set): "
+                     "distilling on the labelled images only, without the pseudo-label term")
+    alone = dict(student, name=f"{student.get('name', 'student')}-alone")
+    distilled = _merge(dict(student, name=f"{student.get('name', 'student')}-distilled"), overlay)
+    return parse_config(alone, source), parse_config(distilled, source), notes
+
+
+def read_config_dict(path: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A run config YAML as a dict, with ``--set`` overrides applied (validated later)."""
+    if not Path(path).is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError:
+        raise ConfigError(f"{path}: not valid YAML") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return apply_overrides(data, overrides)
+
+
+def _best_val(run_dir: Path) -> float | None:
+    import json
+
+    summary = Path(run_dir) / "train_summary.json"
+    if not summary.is_file():
+        raise MedkdError(f"{run_dir}: train_summary.json missing; the run did not finish")
+    value = json.loads(summary.read_text())["best"].get("val_dice")
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+
+
+def choose(alone: Path, distilled: Path, record: Path) -> dict[str, Any]:
+    """Keep the ``distilled`` or the ``alone`` run by best validation Dice; write the choice to ``record``.
+
+    The distilled student is kept only when its best validation Dice is strictly higher; without validation
+    scores the student alone is kept (nothing shows the distillation helped).
+    """
+    scores = {"alone": _best_val(alone), "distilled": _best_val(distilled)}
+    a, d = scores["alone"], scores["distilled"]
+    chosen = "distilled" if d is not None and (a is None or d > a) else "alone"
+    result = {"chosen": chosen, "run": str(distilled if chosen == "distilled" else alone), "val_dice": scores,
+              "rule": "the distilled student is kept only when its best validation Dice beats the student alone's"}
+    atomic_write_json(Path(record), result)
+    return result
