@@ -63,7 +63,8 @@ def recipe_configs(student: dict[str, Any], teacher_run: str | Path, source: str
         overlay["distill"].pop("pseudo_label")
         notes.append("no images without labels (data.train_fraction is 1 and data.unlabeled is not set): "
                      "distilling on the labelled images only, without the pseudo-label term")
-    alone = dict(student, name=f"{student.get('name', 'student')}-alone")
+    alone = dict(student, name=f"{student.get('name', 'student')}-alone",
+                 data={k: v for k, v in data.items() if not k.startswith("unlabeled")})  # images with labels only
     distilled = _merge(dict(student, name=f"{student.get('name', 'student')}-distilled"), overlay)
     return parse_config(alone, source), parse_config(distilled, source), notes
 
