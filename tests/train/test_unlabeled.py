@@ -160,6 +160,9 @@ def test_left_out_training_cases_are_distilled_without_their_labels(synth2d, tea
     assert all(images[c] in training_reads for c in left_out)  # the left-out images are read for distillation
     assert all(labels[c] in training_reads for c in chosen)  # labelled training cases: labels read
     assert not {labels[c] for c in left_out} & set(training_reads)  # left-out cases: their labels never are
+    assert not {labels[c] for c in left_out} & set(opened)  # not even by the data check before training
+    others = split["val"] + split["test"] + chosen
+    assert all((synth2d / "labelsTr" / f"{c}.nii.gz").resolve() in opened for c in others)  # it reads all others
     steps = _steps(tmp_path / "run")
     assert steps and all(math.isfinite(s["pseudo_label"]) for s in steps)
 

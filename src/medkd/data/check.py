@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,8 +145,8 @@ def _label_values(raw: np.ndarray) -> np.ndarray:
     return np.unique(ints)
 
 
-def check_case(index: DatasetIndex, case: Case) -> tuple[dict[str, Any], list[str]]:
-    """Read one case's files and check them.
+def check_case(index: DatasetIndex, case: Case, image_only: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """Read one case's files and check them (``image_only``: its images alone; the label file stays closed).
 
     Returns:
         Facts (``shape``, ``spacing``, ``dtype``, ``values`` raw label values, ``present`` mapped values) —
@@ -197,6 +198,8 @@ def check_case(index: DatasetIndex, case: Case) -> tuple[dict[str, Any], list[st
         if shape is None or fatal:
             return facts, problems
     facts.update(shape=shape, spacing=_spacing(affine), dtype=dtype)
+    if image_only:
+        return facts, problems
     if case.label_file is None:
         problems.append(f"{case.image_files[0]}: case {case.case_id!r} has no label file")
         return facts, problems
@@ -232,7 +235,7 @@ def check_case(index: DatasetIndex, case: Case) -> tuple[dict[str, Any], list[st
 
 
 def check_dataset(root: str | Path, format: str = "auto", max_cases: int | None = None,
-                  label_map: dict[int, int] | None = None) -> CheckReport:
+                  label_map: dict[int, int] | None = None, images_only: Collection[str] = ()) -> CheckReport:
     """Check every case of a dataset folder (see the module docstring). Never writes to the folder.
 
     Args:
@@ -240,6 +243,7 @@ def check_dataset(root: str | Path, format: str = "auto", max_cases: int | None 
         format: a registered format name or ``"auto"``.
         max_cases: check only the first ``max_cases`` cases (sorted by id); None checks all.
         label_map: the run's ``data.label_map`` (raw label value -> value), if any.
+        images_only: ids of cases whose label files must not be opened (a run's images without labels).
 
     Returns:
         The report; ``report.ok`` tells whether the dataset is usable.
@@ -270,7 +274,7 @@ def check_dataset(root: str | Path, format: str = "auto", max_cases: int | None 
     shapes, spacings, dtypes = [], [], set()
     absent = {name: 0 for name, v in index.labels.items() if v != min(index.labels.values())}
     for case in cases:
-        facts, problems = check_case(index, case)
+        facts, problems = check_case(index, case, image_only=case.case_id in images_only)
         report.problems.extend(problems)
         report.n_checked += 1
         if case.site is not None:
@@ -296,13 +300,16 @@ def check_dataset(root: str | Path, format: str = "auto", max_cases: int | None 
     return report
 
 
-def ensure_usable(root: str | Path, format: str = "auto", label_map: dict[int, int] | None = None) -> CheckReport:
+def ensure_usable(root: str | Path, format: str = "auto", label_map: dict[int, int] | None = None,
+                  images_only: Collection[str] = ()) -> CheckReport:
     """Run :func:`check_dataset` on every case and stop with the first problem (call before any training work).
+
+    ``images_only``: cases checked without opening their label files (a run's images without labels).
 
     Raises:
         DataError: ``"<first problem> (+N more problem(s); run 'medkd data check ROOT')"``.
     """
-    report = check_dataset(root, format, label_map=label_map)
+    report = check_dataset(root, format, label_map=label_map, images_only=images_only)
     if report.problems:
         n = len(report.problems) - 1
         more = f" (+{n} more problem(s); run 'medkd data check {root}')" if n else ""

@@ -115,8 +115,9 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
     if world_size > 1:
         torch.distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
 
-    ensure_usable(cfg.data.root, cfg.data.format, cfg.data.label_map)
     bundle = build_bundle(cfg)
+    left_out = bundle.meta.get("unlabeled", {}).get("left_out", [])  # their label files are never opened
+    ensure_usable(cfg.data.root, cfg.data.format, cfg.data.label_map, images_only=set(left_out))
     folder.prepare(cfg, bundle, is_main)
 
     student = build_network(cfg.model, bundle.in_channels, bundle.num_classes, cfg.data.dim).to(dev)
