@@ -168,7 +168,7 @@ def _launch(job: Job, work: Path, device: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] start {job.name}", flush=True)
 
 
-def _expected_seconds(jobs: list[Job], default: float = 150.0) -> float:
+def _expected_seconds(jobs: list[Job], default: float) -> float:
     """How long a student run takes here: the longest finished one so far (x 1.1), else ``default``."""
     times = [j.finished - j.started for j in jobs if j.status == "done" and j.name != "teacher" and j.finished]
     return 1.1 * max(times) if times else default
@@ -247,7 +247,7 @@ def schedule(args: argparse.Namespace) -> None:
                 if j.needs_teacher:
                     j.status = "skipped"
         slots = args.parallel - sum(j.status == "running" for j in jobs)
-        can_launch = now <= args.deadline and now + _expected_seconds(jobs) <= args.hard_deadline
+        can_launch = now <= args.deadline and now + _expected_seconds(jobs, args.expected_seconds) <= args.hard_deadline
         for job in pending:
             if slots <= 0 or not can_launch:
                 break
@@ -286,7 +286,7 @@ def collect(work: Path) -> dict[str, Any]:
     from medkd.report.compare import case_foreground_dice
 
     runs = {}
-    for run in sorted((work / "runs").iterdir()):
+    for run in sorted((work / "runs").iterdir()) if (work / "runs").is_dir() else []:
         per_case_file = run / "evaluation" / "per_case.json"
         summary_file = run / "train_summary.json"
         if not per_case_file.is_file() or not summary_file.is_file():
@@ -327,6 +327,9 @@ def main() -> None:
         p.add_argument("--headline-seeds", type=int, default=5)
         p.add_argument("--deadline", type=float, default=float("inf"), help="seconds: launch nothing after")
         p.add_argument("--hard-deadline", type=float, default=float("inf"), help="seconds: stop runs still going")
+        p.add_argument("--expected-seconds", type=float, default=150.0,
+                       help="how long a run takes, until one has finished (no launch that would pass the hard "
+                            "deadline)")
     c = sub.add_parser("collect")
     c.add_argument("--work", type=Path, required=True)
     c.add_argument("--out", type=Path, required=True)
