@@ -27,13 +27,17 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 
 def plot_training_curves(histories: Mapping[str, Sequence[Mapping]], path: Path) -> Path:
-    """Training loss and validation Dice per epoch for several runs.
+    """Training loss and validation Dice per epoch for several runs, and, for distillation runs that logged
+    them, the gradient norm of each loss part on the student (``train_gn/...``: segmentation solid, each
+    distillation term or the pseudo-label term dashed), so a term that swamps the segmentation loss shows.
 
     Args:
         histories: run label -> that run's epoch records (``metrics.jsonl`` lines with ``kind == "epoch"``).
         path: PNG to write.
     """
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.6))
+    has_gn = any(k.startswith("train_gn/") for records in histories.values() for r in records for k in r)
+    fig, axes = plt.subplots(1, 3 if has_gn else 2, figsize=(15 if has_gn else 10, 3.6))
+    ax_loss, ax_val = axes[0], axes[1]
     for label, records in histories.items():
         epochs = [r["epoch"] for r in records]
         seg = [r.get("train_seg", r.get("train_loss")) for r in records]
@@ -43,6 +47,8 @@ def plot_training_curves(histories: Mapping[str, Sequence[Mapping]], path: Path)
             ax_val.plot(*zip(*val), marker="o", ms=3, label=label)
     ax_loss.set(xlabel="epoch", ylabel="segmentation loss (train)", title="Training loss")
     ax_val.set(xlabel="epoch", ylabel="mean foreground Dice (val volumes)", title="Validation Dice")
+    if has_gn:
+        _plot_gradient_norms(axes[2], histories)
     for ax in (ax_loss, ax_val):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -51,6 +57,19 @@ def plot_training_curves(histories: Mapping[str, Sequence[Mapping]], path: Path)
             ax.text(0.5, 0.5, "no validation volumes in this protocol", ha="center", va="center",
                     transform=ax.transAxes, color="0.4")
     return _save(fig, path)
+
+
+def _plot_gradient_norms(ax: plt.Axes, histories: Mapping[str, Sequence[Mapping]]) -> None:
+    for label, records in histories.items():
+        parts = sorted({k for r in records for k in r if k.startswith("train_gn/")})
+        for key in parts:
+            points = [(r["epoch"], r[key]) for r in records if r.get(key) is not None and r[key] > 0]
+            if points:
+                part = key.removeprefix("train_gn/")
+                ax.plot(*zip(*points), ls="-" if part == "seg" else "--", ms=2, marker="o", label=f"{label}: {part}")
+    ax.set(xlabel="epoch", ylabel="gradient norm on the student", title="Loss balance", yscale="log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def plot_qualitative(image_slices: Sequence[np.ndarray], reference: Sequence[np.ndarray],
