@@ -86,12 +86,17 @@ def data_compact(
 def train_cmd(
     config: Path = typer.Argument(..., help="run config (YAML)"),
     out: Path | None = typer.Option(None, "--out", help="run folder (default: runs/<name>)"),
-    resume: bool = typer.Option(False, "--resume", help="continue a killed run from its last checkpoint"),
+    resume: bool = typer.Option(False, "--resume", help="continue a killed run from its last checkpoint (same "
+                                "config; only e.g. train.epochs may change)"),
     set_: list[str] = typer.Option([], "--set", help="override a config key, e.g. --set train.epochs=5"),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)"),
     evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="evaluate on the test split afterwards"),
 ) -> None:
-    """Train a teacher, a student alone, or a student distilled from a frozen teacher."""
+    """Train a teacher, a student alone, or a student distilled from a frozen teacher.
+
+    The config, the distillation terms and the teacher are checked before any data is read or anything written;
+    a --resume that cannot go on (another model, another split, a finished run) changes nothing.
+    """
     from medkd.config import load_config
     from medkd.train.distributed import distributed_context
     from medkd.train.run_folder import resolve_paths
@@ -165,7 +170,11 @@ def evaluate_cmd(
     device: str | None = typer.Option(None, "--device"),
     save_predictions: bool = typer.Option(False, "--save-predictions"),
 ) -> None:
-    """Per-case and per-class Dice, IoU, precision, recall and HD95 on whole volumes."""
+    """Per-case and per-class Dice, IoU, precision, recall and HD95 on whole volumes.
+
+    HD95 follows evaluate.hd95 (monai: max of the directed 95th percentiles; pooled: medpy's). An unfinished run
+    is evaluated with a warning, and summary.json records the epoch scored and whether training had finished.
+    """
     from medkd.evaluate.runner import evaluate_run
 
     if split is not None and split not in ("train", "val", "test"):
@@ -177,12 +186,17 @@ def evaluate_cmd(
 def predict_cmd(
     run_dir: Path = typer.Argument(..., help="a trained run folder"),
     inputs: list[Path] = typer.Argument(..., help="NIfTI files or folders"),
-    out: Path = typer.Option(..., "--out", help="output folder for label maps"),
+    out: Path = typer.Option(..., "--out", help="output folder for label maps (never replaces an input)"),
     device: str | None = typer.Option(None, "--device"),
     engine: str = typer.Option("torch", "--engine", help="torch (the run's weights) or onnx (onnxruntime, CPU; "
                                "exports the run to RUN/export/model.onnx first when it has no current export)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace existing label maps in --out"),
 ) -> None:
-    """Segment NIfTI images; outputs keep the input's affine and shape."""
+    """Segment NIfTI images; outputs keep the input's affine and shape.
+
+    Every input is checked before anything is written; the label maps appear all together or not at all. An
+    output never replaces an input file, nor (without --overwrite) any existing file.
+    """
     from medkd.predict import ENGINES, predict_files
 
     if engine not in ENGINES:
@@ -190,12 +204,16 @@ def predict_cmd(
 
         raise unknown_name_error("engine", engine, ENGINES)
     if engine == "onnx":
-        from medkd.export import resolve_onnx_export
+        from medkd.export import resolve_onnx_export, unfinished_warning
 
-        path, _, exported = resolve_onnx_export(run_dir)
+        path, info, exported = resolve_onnx_export(run_dir)
         if exported:
             typer.echo(f"exported the run's best weights to {path} (no current ONNX export)")
-    written = predict_files(run_dir, inputs, out, device, engine=engine)
+            warning = unfinished_warning(run_dir, info)
+            if warning:
+                typer.echo(warning, err=True)
+    written = predict_files(run_dir, inputs, out, device, progress=sys.stderr.isatty(), engine=engine,
+                            overwrite=overwrite)
     typer.echo(f"wrote {len(written)} label map(s) to {out}")
 
 
@@ -207,10 +225,13 @@ def export_cmd(
     opset: int = typer.Option(17, "--opset", min=17, help="ONNX opset"),
 ) -> None:
     """Export the run's network alone (best weights, no distillation adapters) plus a JSON sidecar."""
-    from medkd.export import export_run, read_export_info, sidecar_path
+    from medkd.export import export_run, read_export_info, sidecar_path, unfinished_warning
 
     path = export_run(run_dir, format, out, opset=opset)
     info = read_export_info(path)
+    warning = unfinished_warning(run_dir, info)
+    if warning:
+        typer.echo(warning, err=True)
     shape = "x".join(str(d) for d in info["input_shape"])
     typer.echo(f"exported {info['model']} ({format}, input {info['input_name']} {shape}) to {path} "
                f"(+ {sidecar_path(path).name})")
@@ -288,7 +309,8 @@ def bench_train_cmd(
     out: Path | None = typer.Option(None, "--out", help="write training_bench.json + .md here"),
     compile_mode: bool = typer.Option(False, "--compile", help="also time the live teacher under torch.compile"),
 ) -> None:
-    """Distillation training throughput: student alone, live teacher (naive / bf16 [/ compiled]), cached teacher."""
+    """Distillation training throughput: student alone, live teacher (naive, bf16, compiled with --compile),
+    cached teacher."""
     import json
 
     import torch
@@ -346,12 +368,32 @@ def _parse_size(text: str, option: str) -> tuple[int, ...]:
     return values
 
 
+def _os_error_line(exc: OSError) -> str:
+    """One line for a file-system error: the path and the system's reason."""
+    reason = exc.strerror or str(exc).strip().replace("\n", " ") or type(exc).__name__
+    if exc.filename is None:
+        return reason
+    target = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+    return f"{exc.filename}{target}: {reason}"
+
+
+def _write_error_line(exc: Exception) -> str | None:
+    """One line for a library's own write error (safetensors: a full disk while saving a checkpoint)."""
+    if type(exc).__name__ == "SafetensorError" and "serializ" in str(exc):
+        return f"cannot write a safetensors checkpoint ({str(exc).strip().splitlines()[0]})"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app, turning user errors into one line and exit status 2."""
+    """Entry point: run the app, turning user errors and file-system errors (a read-only folder, a full disk)
+    into one line and exit status 2."""
     try:
         app(args=argv, standalone_mode=False)
     except MedkdError as exc:
         typer.echo(f"error: {exc}", err=True)
+        return 2
+    except OSError as exc:
+        typer.echo(f"error: {_os_error_line(exc)}", err=True)
         return 2
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
@@ -359,6 +401,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # typer/click exits (e.g. --help)
         return int(exc.code or 0)
     except Exception as exc:  # usage errors from click (typer may vendor its own copy of click)
+        line = _write_error_line(exc)
+        if line is not None:
+            typer.echo(f"error: {line}", err=True)
+            return 2
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):
             exc.show()
             return int(exc.exit_code)

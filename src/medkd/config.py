@@ -54,7 +54,9 @@ class SplitConfig(_Strict):
     In order of precedence:
 
     * ``file``: an explicit JSON with ``train`` / ``val`` / ``test`` lists of case ids (relative to the
-      dataset root unless absolute), e.g. ACDC's ``splits.json``;
+      dataset root unless absolute), e.g. ACDC's ``splits.json``; a file without a ``val`` list gets ``val`` of
+      its training case groups carved out for validation (seeded by ``seed``, grouped by ``group_pattern``,
+      recorded in the run's ``split.json``); ``val: 0`` or an explicit ``"val": []`` trains without validation;
     * ``folds`` / ``fold``: seeded k-fold cross-validation over case groups (nnU-Net's convention: KFold with
       shuffling, seed ``fold_seed`` = 12345, over sorted ids); fold ``fold`` is the test part and ``val`` of the
       remaining groups is held out for validation;
@@ -262,9 +264,17 @@ class DistillConfig(_Strict):
 
 
 class EvaluateConfig(_Strict):
-    """How ``medkd evaluate`` scores a run; ``regions`` are extra label-value groups (e.g. BraTS WT/TC/ET)."""
+    """How ``medkd evaluate`` scores a run; ``regions`` are extra label-value groups (e.g. BraTS WT/TC/ET).
+
+    ``hd95`` picks the 95th-percentile Hausdorff distance: ``monai`` (default) is the larger of the two directed
+    95th percentiles (``monai.metrics.compute_hausdorff_distance``); ``pooled`` is the 95th percentile of both
+    directions' surface distances taken together (medpy's ``hd95``), which is never larger.
+    """
 
     split: Literal["train", "val", "test"] = "test"
+    hd95: Literal["monai", "pooled"] = Field(
+        "monai", description="monai: max of the directed 95th percentiles; pooled: 95th percentile of the union of "
+                             "both directions' surface distances (medpy)")
     regions: dict[str, list[int]] | None = None
     classes: bool = Field(True, description="report each declared foreground class")
     batch_size: int = Field(16, ge=1)
@@ -310,6 +320,14 @@ def _submodel(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+class _UnknownKey(ConfigError):
+    """An unknown config key (``key`` is its dotted name, for naming the ``--set`` item that brought it)."""
+
+    def __init__(self, message: str, key: str):
+        super().__init__(message)
+        self.key = key
+
+
 def _check_unknown_keys(data: Any, model: type[BaseModel], prefix: str = "") -> None:
     """Raise ConfigError for the first unknown key, suggesting the nearest valid one."""
     if not isinstance(data, dict):
@@ -320,14 +338,19 @@ def _check_unknown_keys(data: Any, model: type[BaseModel], prefix: str = "") -> 
         if key not in fields:
             close = nearest_names(str(key), fields)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}"
-            raise ConfigError(f"unknown config key '{dotted}'{hint}")
+            raise _UnknownKey(f"unknown config key '{dotted}'{hint}", dotted)
         sub = _submodel(fields[key].annotation)
         if sub is not None:
             _check_unknown_keys(value, sub, prefix=f"{dotted}.")
 
 
-def _parse_scalar(text: str) -> Any:
-    return yaml.safe_load(text) if text != "" else ""
+def _parse_scalar(text: str, item: str) -> Any:
+    if text == "":
+        return ""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {item}: the value is not valid YAML (quote it, e.g. key='[a, b]')") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
@@ -337,6 +360,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.epochs=5")
         key, value = item.split("=", 1)
+        if not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.epochs=5")
         parts = key.strip().split(".")
         node = data
         for part in parts[:-1]:
@@ -346,31 +371,56 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
             if not isinstance(nxt, dict):
                 raise ConfigError(f"--set {key}: '{part}' is not a section")
             node = nxt
-        node[parts[-1]] = _parse_scalar(value)
+        node[parts[-1]] = _parse_scalar(value, item)
     return data
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def _source_of(key: str, source: str, overrides: list[str] | None) -> str:
+    """What to blame for a problem at dotted config ``key``: the ``--set`` item that set it, else ``source``.
+
+    An override of ``key`` itself or of a section holding it is blamed alone; an override inside the section
+    ``key`` names (a check across that section's keys) is named with the file.
+    """
+    inside = []
+    for item in reversed(overrides or []):
+        set_key = item.split("=", 1)[0].strip()
+        if key == set_key or key.startswith(set_key + "."):
+            return f"--set {item}"
+        if key and set_key.startswith(key + "."):
+            inside.append(item)
+    if inside:
+        return f"{source} with " + ", ".join(f"--set {item}" for item in reversed(inside))
+    return source
+
+
+def _format_validation_error(err: ValidationError, source: str, overrides: list[str] | None = None) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+    loc = ".".join(str(p) for p in first["loc"])
     msg = first["msg"]
     if first["type"] == "missing":
         msg = "required key is missing"
-    return f"{source}: config key '{loc}': {msg}"
+    return f"{_source_of(loc, source, overrides)}: config key '{loc or '<root>'}': {msg}"
 
 
-def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
-    """Validate a config dict into a :class:`RunConfig` (one-line ConfigError on failure)."""
+def parse_config(data: dict[str, Any], source: str = "config", overrides: list[str] | None = None) -> RunConfig:
+    """Validate a config dict into a :class:`RunConfig` (one-line ConfigError on failure).
+
+    Args:
+        data: the config as plain data.
+        source: what the data came from (a file name), named in errors.
+        overrides: the ``--set key=value`` items already applied to ``data``; an error at a key one of them
+            set names that item instead of ``source``.
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
     try:
         _check_unknown_keys(data, RunConfig)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+    except _UnknownKey as exc:
+        raise ConfigError(f"{_source_of(exc.key, source, overrides)}: {exc}") from None
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source)) from None
+        raise ConfigError(_format_validation_error(err, source, overrides)) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -388,7 +438,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise ConfigError(f"{path}: not valid YAML{where}") from None
-    return parse_config(apply_overrides(data, overrides), source=str(path))
+    return parse_config(apply_overrides(data, overrides), source=str(path), overrides=overrides)
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

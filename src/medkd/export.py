@@ -16,7 +16,9 @@ shape, for networks whose graph bakes in the input size (e.g. a ViT with fixed p
 :func:`export_run` exports the network of a run folder alone (``checkpoints/best.safetensors``; distillation
 adapters and projection heads live in the separate extras file and are never part of it) and writes a JSON
 sidecar beside the file (``model.onnx.json``) holding what :mod:`medkd.predict` needs to run it without the
-PyTorch weights: input name and shape, classes and label values, channels, preprocessing, ``data.size``, ``dim``.
+PyTorch weights: input name and shape, classes and label values, channels, preprocessing, ``data.size``, ``dim``,
+and how far the run's training got (``epoch`` of the exported weights, ``last_epoch``, ``finished``). The file and
+its sidecar are written all or nothing: a write error leaves the previous export as it was.
 
 Example::
 
@@ -34,7 +36,7 @@ import io
 import json
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,7 @@ import torch
 from torch import nn
 
 from medkd.errors import ConfigError, MedkdError, unknown_name_error
-from medkd.io import atomic_write, atomic_write_bytes, atomic_write_json
+from medkd.io import atomic_write, atomic_write_bytes, staged_files
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -56,6 +58,8 @@ __all__ = [
     "read_export_info",
     "resolve_onnx_export",
     "sidecar_path",
+    "training_progress",
+    "unfinished_warning",
 ]
 
 #: ``medkd export --format`` values and the file name each writes inside ``RUN/export/``.
@@ -222,7 +226,17 @@ def _axes(mode: str, spatial_dims: int) -> dict[str, dict[int, str]]:
 
 def _export_onnx(model: nn.Module, path: Path, example: torch.Tensor, opset: int = 17,
                  dynamic: bool | None = None, check: bool = True) -> dict[str, Any]:
-    """Export, verify and write; returns what was exported (dynamic axes, max abs diff, shapes)."""
+    """Export, verify and write (atomically); returns what was exported (dynamic axes, max abs diff, shapes)."""
+    data, result = _onnx_export_bytes(model, path, example, opset, dynamic, check)
+    atomic_write_bytes(path, data)
+    return result
+
+
+def _onnx_export_bytes(model: nn.Module, path: Path, example: torch.Tensor, opset: int = 17,
+                       dynamic: bool | None = None, check: bool = True) -> tuple[bytes, dict[str, Any]]:
+    """Export and verify; returns the ONNX file's bytes and what was exported (dynamic axes, max abs diff, shapes).
+
+    ``path`` is the file the bytes are meant for (named in error messages); nothing is written here."""
     if opset < 17:
         raise ConfigError(f"opset {opset}: medkd exports ONNX opset 17 or newer")
     net = _inner(model)
@@ -239,7 +253,7 @@ def _export_onnx(model: nn.Module, path: Path, example: torch.Tensor, opset: int
         for mode in modes:
             data = _onnx_bytes(exported, x, opset, _axes(mode, spatial_dims), path)
             if not check:
-                return _write_onnx(path, data, mode, spatial_dims, x, None, opset)
+                return data, _onnx_result(mode, spatial_dims, x, None, opset)
             session = _session(data)
             ok, diff = _close(session.run(None, {_INPUT: x.cpu().numpy()})[0], ref)
             if not ok:
@@ -254,14 +268,12 @@ def _export_onnx(model: nn.Module, path: Path, example: torch.Tensor, opset: int
                     failures.append(f"{mode}: {str(err).splitlines()[0][:120]}")
                 if not ok:
                     continue
-            return _write_onnx(path, data, mode, spatial_dims, x, diff, opset)
+            return data, _onnx_result(mode, spatial_dims, x, diff, opset)
     raise MedkdError(f"{path}: no ONNX export of this network runs at another input size "
                      f"({'; '.join(failures) or 'outputs differ'}); export with dynamic=False")
 
 
-def _write_onnx(path: Path, data: bytes, mode: str, spatial_dims: int, x: torch.Tensor, diff: float | None,
-                opset: int) -> dict[str, Any]:
-    atomic_write_bytes(path, data)
+def _onnx_result(mode: str, spatial_dims: int, x: torch.Tensor, diff: float | None, opset: int) -> dict[str, Any]:
     axes = _axes(mode, spatial_dims).get(_INPUT, {})
     shape = [axes.get(i, int(s)) for i, s in enumerate(x.shape)]
     return {"dynamic": mode, "input_shape": shape, "example_shape": list(x.shape), "max_abs_diff": diff,
@@ -292,7 +304,9 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, opset
     return path
 
 
-def _export_torchscript(model: nn.Module, path: Path, example: torch.Tensor) -> dict[str, Any]:
+def _export_torchscript(model: nn.Module, path: Path,
+                        example: torch.Tensor) -> tuple[Callable[[Path], None], dict[str, Any]]:
+    """Trace and verify; returns a writer of the TorchScript file and what was exported."""
     net = _inner(model)
     x = _example(net, example)
     wrapper = LogitsModel(net)
@@ -307,9 +321,14 @@ def _export_torchscript(model: nn.Module, path: Path, example: torch.Tensor) -> 
             dynamic, _ = _close(_run(traced, probe), _run(wrapper, probe))
         except Exception:  # a traced graph with the example's sizes baked in
             dynamic = False
-        atomic_write(path, lambda tmp: torch.jit.save(traced, str(tmp)))
-    return {"dynamic": "batch+spatial" if dynamic else "static", "example_shape": list(x.shape),
-            "max_abs_diff": diff}
+
+    def save(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.save(traced, str(tmp))
+
+    return save, {"dynamic": "batch+spatial" if dynamic else "static", "example_shape": list(x.shape),
+                  "max_abs_diff": diff}
 
 
 def export_torchscript(model: nn.Module, path: str | Path, example: torch.Tensor) -> Path:
@@ -327,7 +346,8 @@ def export_torchscript(model: nn.Module, path: str | Path, example: torch.Tensor
         MedkdError: the traced module does not reproduce the network's logits on ``example``.
     """
     path = Path(path)
-    _export_torchscript(model, path, example)
+    save, _ = _export_torchscript(model, path, example)
+    atomic_write(path, save)
     return path
 
 
@@ -346,12 +366,56 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def training_progress(run_dir: str | Path, planned_epochs: int | None = None) -> dict[str, Any]:
+    """How far a run folder's training got (the same fields as ``evaluation/summary.json`` records).
+
+    Args:
+        run_dir: a run folder.
+        planned_epochs: ``train.epochs`` of its config (read from ``config.yaml`` when not given).
+
+    Returns:
+        ``{"epoch": epoch of best.safetensors (the weights exported), "last_epoch": completed epochs
+        (checkpoints/last.json), "epochs": planned epochs, "finished": bool}``; epochs the files do not state are
+        None. A run is finished when ``train_summary.json`` exists and ``last_epoch`` reached ``epochs``.
+    """
+    run_dir = Path(run_dir)
+    if planned_epochs is None:
+        from medkd.config import load_config
+
+        planned_epochs = load_config(run_dir / "config.yaml").train.epochs
+
+    def epoch_in(path: Path) -> int | None:
+        try:
+            value = json.loads(path.read_text()).get("epoch")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return value if isinstance(value, int) else None
+
+    last = epoch_in(run_dir / "checkpoints" / "last.json")
+    finished = (run_dir / "train_summary.json").is_file() and (last is None or last >= planned_epochs)
+    return {"epoch": epoch_in(run_dir / "checkpoints" / "best.json"), "last_epoch": last,
+            "epochs": int(planned_epochs), "finished": bool(finished)}
+
+
+def unfinished_warning(run_dir: str | Path, progress: dict[str, Any], doing: str = "exporting") -> str | None:
+    """A one-line warning for an unfinished run (see :func:`training_progress`), None for a finished one."""
+    if progress.get("finished", True):  # finished, or a sidecar written before medkd recorded it
+        return None
+    done = "no" if progress.get("last_epoch") is None else progress["last_epoch"]
+    best = "" if progress.get("epoch") is None else f" (epoch {progress['epoch']})"
+    return (f"warning: {run_dir}: training has not finished ({done} of {progress.get('epochs')} epochs); "
+            f"{doing} the best weights so far{best}")
+
+
 def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None, opset: int = 17) -> Path:
     """Export the student network of a run folder from ``checkpoints/best.safetensors``.
 
     Only the network is exported (distillation adapters and heads are in the separate extras file). The
     example input is ``(1, in_channels, *data.size)`` of the run; a JSON sidecar ``<file>.json`` records the
-    input name and shape, classes, label values, channels, preprocessing, ``data.size``, ``dim`` and versions.
+    input name and shape, classes, label values, channels, preprocessing, ``data.size``, ``dim``, versions and
+    how far training got (:func:`training_progress`: ``epoch`` of the weights, ``last_epoch``, ``epochs``,
+    ``finished``; an unfinished run exports too, and ``medkd export`` warns).
+    The file and its sidecar are written together or not at all (:func:`medkd.io.staged_files`).
 
     Args:
         run_dir: a trained run folder.
@@ -363,7 +427,8 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
         The exported file.
 
     Raises:
-        MedkdError: not a run folder, no best checkpoint, unknown format, or an export that does not match.
+        MedkdError: not a run folder, no best checkpoint, unknown format, an export that does not match, a file
+            in the way that is not a medkd export, or a write error (names the path; nothing is left behind).
     """
     import medkd
     from medkd.predict import run_label_values
@@ -381,11 +446,18 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
         path = Path(out)
         if path.is_dir() or not path.suffix:
             path = path / EXPORT_FORMATS[fmt]
+    side = sidecar_path(path)
+    if out is not None and (path.exists() or path.is_symlink()) and not side.is_file():
+        raise MedkdError(f"{path}: file exists and is not a medkd export (no {side.name} beside it); "
+                         "choose another --out")
     example = torch.randn(1, in_channels, *cfg.data.size, generator=torch.Generator().manual_seed(0))
     if fmt == "onnx":
-        result = _export_onnx(model, path, example, opset=opset)
+        data, result = _onnx_export_bytes(model, path, example, opset=opset)
+
+        def save(tmp: Path) -> None:
+            tmp.write_bytes(data)
     else:
-        result = _export_torchscript(model, path, example)
+        save, result = _export_torchscript(model, path, example)
         result["input_shape"] = ([1 if result["dynamic"] == "static" else "batch", in_channels]
                                  + ([int(s) for s in cfg.data.size] if result["dynamic"] == "static"
                                     else list(("depth", "height", "width")[3 - cfg.data.dim:])))
@@ -413,10 +485,14 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
         "run": cfg.name,
         "checkpoint": "checkpoints/best.safetensors",
         "checkpoint_sha256": file_sha256(weights),
+        **training_progress(run_dir, cfg.train.epochs),
         "medkd_version": medkd.__version__,
         "torch_version": torch.__version__,
     }
-    atomic_write_json(sidecar_path(path), info)
+    text = json.dumps(info, indent=2) + "\n"
+    with staged_files(path.parent, "medkd-export") as stage:
+        stage.write(path, save)
+        stage.write(side, lambda tmp: tmp.write_text(text))
     return path
 
 

@@ -7,6 +7,11 @@ export with onnxruntime's CPU provider; a run without a current export is export
 Inputs are NIfTI files or folders of them. Files named like nnU-Net channels (``<case>_0000.nii.gz``,
 ``<case>_0001.nii.gz``) are grouped into one multi-channel case; any other file is one case (a 4D file
 holds its channels on the last axis). Output: ``OUT/<case>.nii.gz`` with the dataset's label values.
+
+Nothing a user has is lost: every input is read and checked before anything is written; an output that would
+replace an input file (MSD-style names with ``--out`` the image folder) is refused, and so is one that would
+replace any existing file unless ``overwrite`` is set; the label maps of one call appear all together or, after
+an error, not at all.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from medkd.data.nifti_io import read_nifti, write_nifti
 from medkd.data.pipeline import prepare_arrays
 from medkd.errors import DataError, MedkdError, unknown_name_error
 from medkd.inference import predict_volume
+from medkd.io import staged_files
 from medkd.train.run_folder import load_run_model
 
 __all__ = ["ENGINES", "collect_inputs", "predict_files", "run_label_values"]
@@ -138,9 +144,53 @@ def _onnx_engine(target: Path, device: str | None) -> tuple[Callable, dict[str, 
     return OnnxPredictor(path), setup, torch.device("cpu")
 
 
+def _check_outputs(targets: dict[str, Path], cases: dict[str, list[Path]], overwrite: bool) -> None:
+    """Refuse (before anything is written) an output that would replace an input or, without ``overwrite``,
+    any existing file."""
+    inputs = [f for files in cases.values() for f in files]
+    by_path = {f.resolve(): f for f in inputs}
+    by_inode = {}
+    for f in inputs:
+        st = f.stat()
+        by_inode[(st.st_dev, st.st_ino)] = f
+    for target in targets.values():
+        clash = by_path.get(target.resolve())
+        if clash is None and target.exists():
+            st = target.stat()
+            clash = by_inode.get((st.st_dev, st.st_ino))
+        if clash is not None:
+            same = "" if str(clash) == str(target) else f" {clash} (the same file)"
+            raise MedkdError(f"{target}: the label map would replace the input image{same}; choose another --out "
+                             "folder (nothing was written)")
+        if target.is_dir() and not target.is_symlink():
+            raise MedkdError(f"{target}: a folder is in the way of this output (nothing was written)")
+        if (target.exists() or target.is_symlink()) and not overwrite:
+            raise MedkdError(f"{target}: output file exists; pass --overwrite to replace it (nothing was written)")
+
+
+def _read_cases(cases: dict[str, list[Path]], n_channels: int) -> dict[str, tuple[np.ndarray, np.ndarray,
+                                                                                   tuple[int, ...]]]:
+    """Read and check every input case (shapes, channel count, finite voxels) before anything is predicted."""
+    loaded = {}
+    for cid, files in cases.items():
+        image, affine, shape = _load_case(files, n_channels)
+        finite = np.isfinite(image.reshape(len(image), -1)).all(axis=1)
+        if not finite.all():
+            bad = files[int(np.argmin(finite))] if len(files) == len(image) else files[0]
+            raise DataError(f"{bad}: image contains NaN or Inf voxels (nothing was written)")
+        loaded[cid] = (image, affine, shape)
+    return loaded
+
+
 def predict_files(run_dir: str | Path, inputs: Sequence[str | Path], out_dir: str | Path,
-                  device: str | None = None, progress: bool = True, engine: str = "torch") -> list[Path]:
+                  device: str | None = None, progress: bool = True, engine: str = "torch",
+                  overwrite: bool = False) -> list[Path]:
     """Predict every input case with a run's best weights; returns the written files.
+
+    Every input is read and checked before anything is predicted, and the label maps are written all or nothing
+    (to a hidden scratch folder in ``out_dir``, moved into place once all are complete; see
+    :func:`medkd.io.staged_files`). An output never replaces an input file, and replaces an existing file only
+    with ``overwrite``.
 
     Args:
         run_dir: a trained run folder (with ``engine="onnx"`` also an export folder or a ``.onnx`` file).
@@ -149,9 +199,14 @@ def predict_files(run_dir: str | Path, inputs: Sequence[str | Path], out_dir: st
         device: torch device (``torch`` engine only).
         progress: show a progress bar.
         engine: ``"torch"`` or ``"onnx"`` (onnxruntime, CPU).
+        overwrite: replace existing output files (never an input).
 
     Returns:
         The written label maps.
+
+    Raises:
+        MedkdError: a bad input (nothing is written), an output that would replace an input or an existing file,
+            or a write error (names the path; nothing of this call remains).
     """
     if engine not in ENGINES:
         raise unknown_name_error("engine", engine, ENGINES)
@@ -162,15 +217,14 @@ def predict_files(run_dir: str | Path, inputs: Sequence[str | Path], out_dir: st
     label_values = setup["label_values"]
     cases = collect_inputs(inputs, n_channels)
     out_dir = Path(out_dir)
-    loaded = {cid: _load_case(files, n_channels) for cid, files in cases.items()}  # validate all before writing
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for cid, (image, affine, shape) in tqdm(loaded.items(), desc="predict", disable=not progress, leave=False):
-        if not np.isfinite(image).all():
-            raise MedkdError(f"{cases[cid][0]}: image contains NaN or Inf voxels")
-        pc = prepare_arrays(cid, None, image, None, affine, data_cfg)
-        probs = pc.restore(predict_volume(predictor, pc.image, data_cfg.dim, data_cfg.size, data_cfg.volume_size,
-                                          setup["batch_size"], setup["sw_overlap"], dev))
-        pred = np.asarray(label_values)[probs.argmax(0).numpy()].astype(np.uint8).reshape(shape)
-        written.append(write_nifti(out_dir / f"{cid}.nii.gz", pred, affine=affine))
-    return written
+    targets = {cid: out_dir / f"{cid}.nii.gz" for cid in cases}
+    _check_outputs(targets, cases, overwrite)
+    loaded = _read_cases(cases, n_channels)
+    with staged_files(out_dir, "medkd-predict") as stage:
+        for cid, (image, affine, shape) in tqdm(loaded.items(), desc="predict", disable=not progress, leave=False):
+            pc = prepare_arrays(cid, None, image, None, affine, data_cfg)
+            probs = pc.restore(predict_volume(predictor, pc.image, data_cfg.dim, data_cfg.size,
+                                              data_cfg.volume_size, setup["batch_size"], setup["sw_overlap"], dev))
+            pred = np.asarray(label_values)[probs.argmax(0).numpy()].astype(np.uint8).reshape(shape)
+            stage.write(targets[cid], lambda tmp, pred=pred, affine=affine: write_nifti(tmp, pred, affine=affine))
+    return list(targets.values())

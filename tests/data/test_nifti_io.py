@@ -97,3 +97,19 @@ def test_not_a_nifti(tmp_path):
     plain.write_bytes(b"\x00" * 10)
     with pytest.raises(DataError, match="junk.nii"):
         read_nifti(plain)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_nifti_respects_the_umask(tmp_path, umask):
+    import os
+
+    import numpy as np
+
+    from medkd.data.nifti_io import write_nifti
+
+    old = os.umask(umask)
+    try:
+        path = write_nifti(tmp_path / "a.nii.gz", np.zeros((4, 4, 1), np.float32))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -101,7 +101,7 @@ class CheckReport:
         sites = ", ".join(f"{s} {n}" for s, n in self.sites.items()) if self.sites else "none"
         lines.append(f"sites:    {sites}")
         absent = "; ".join(f"{name} absent from {n} of {self.n_checked} cases" for name, n in self.absent.items() if n)
-        lines.append(f"absent:   {absent or 'every class in every case'}")
+        lines.append(f"absent:   {absent or f'none (every class is present in all {self.n_checked} cases)'}")
         lines.append(verdict)
         return "\n".join(lines)
 

@@ -156,7 +156,8 @@ def build_bundle(cfg: RunConfig) -> DataBundle:
         missing = [k for k in cfg.data.labels if k not in index.labels]
         if missing:
             raise ConfigError(f"data.labels: {missing[0]!r} is not a label of {index.root} ({list(index.labels)})")
-    split = make_split(index, cfg.data.split)
+    split_facts: dict[str, Any] = {}
+    split = make_split(index, cfg.data.split, split_facts)
     if cfg.data.max_cases:
         split = {k: v[: cfg.data.max_cases] for k, v in split.items()}
     pool = list(split["train"])
@@ -166,7 +167,8 @@ def build_bundle(cfg: RunConfig) -> DataBundle:
     if cfg.distill is not None:
         teacher_channels = index.channel_indices(cfg.data.teacher_channels or cfg.data.channels)
     class_names = [name for name, _ in sorted(index.labels.items(), key=lambda kv: kv[1])]
-    meta: dict[str, Any] = {"protocol": _protocol(cfg.data), "train_fraction": cfg.data.train_fraction}
+    meta: dict[str, Any] = {"protocol": _protocol(cfg.data), "train_fraction": cfg.data.train_fraction,
+                            **split_facts}
     if cfg.data.train_fraction < 1.0:
         meta["train_pool"] = pool
     unlabeled = _unlabeled_record(cfg.data, pool, split["train"])

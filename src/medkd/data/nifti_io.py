@@ -24,6 +24,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
 from medkd.errors import DataError
+from medkd.io import file_mode
 
 __all__ = ["NIFTI_SUFFIXES", "make_affine", "read_nifti", "write_nifti"]
 
@@ -98,6 +99,7 @@ def write_nifti(
     os.close(fd)
     try:
         nib.save(img, tmp)
+        os.chmod(tmp, file_mode(path))  # as open() would: the umask decides, not mkstemp's 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from medkd.evaluate.metrics import (
     BRATS_REGIONS,
+    HD95,
     METRICS,
     STATUSES,
     binary_metrics,
@@ -16,6 +17,7 @@ from medkd.evaluate.stats import format_mean_std, mean_std, one_way_anova, paire
 
 __all__ = [
     "BRATS_REGIONS",
+    "HD95",
     "METRICS",
     "STATUSES",
     "binary_metrics",

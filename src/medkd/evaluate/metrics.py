@@ -6,9 +6,13 @@ Metrics are computed on a whole case (a full 2D image or 3D volume, never slice 
 Conventions, for a binary mask pair with ``tp``, ``fp``, ``fn`` voxel counts:
 
 - ``dice = 2 tp / (2 tp + fp + fn)``, ``iou = tp / (tp + fp + fn)``, ``precision = tp / (tp + fp)``,
-  ``recall = tp / (tp + fn)``; ``hd95`` is MONAI's 95th-percentile symmetric Hausdorff distance between the
-  mask surfaces (``monai.metrics.compute_hausdorff_distance(percentile=95)``), in millimetres when ``spacing`` is
-  given and in voxels otherwise.
+  ``recall = tp / (tp + fn)``; ``hd95`` is the 95th-percentile Hausdorff distance between the mask surfaces, in
+  millimetres when ``spacing`` is given and in voxels otherwise. Two definitions are in use (see :data:`HD95`):
+  ``"monai"`` (the default) is the larger of the two *directed* 95th percentiles (pred -> ref and ref -> pred),
+  as ``monai.metrics.compute_hausdorff_distance(percentile=95)``; ``"pooled"`` is the 95th percentile of both
+  directions' surface distances taken together, as medpy's ``hd95``. Both use MONAI's surfaces (a mask minus its
+  erosion) and Euclidean distances; pooled is never larger than monai, and differs when one direction has a few
+  far-away surface points (an outlying blob).
 - ``status`` says which masks are empty:
 
   ============== ===================== ======= ======= =========== ======== =======
@@ -48,6 +52,7 @@ from medkd.io import atomic_write_text
 
 __all__ = [
     "BRATS_REGIONS",
+    "HD95",
     "METRICS",
     "STATUSES",
     "binary_metrics",
@@ -62,6 +67,12 @@ BRATS_REGIONS: dict[str, list[int]] = {"WT": [1, 2, 3, 4], "TC": [1, 3, 4], "ET"
 
 #: The overlap and distance metrics reported per class, in report order.
 METRICS: tuple[str, ...] = ("dice", "iou", "precision", "recall", "hd95")
+
+#: The HD95 definitions (``evaluate.hd95``) and how ``summary.json`` states them (``hd95_definition``).
+HD95: dict[str, str] = {
+    "monai": "max of directed 95th percentiles (MONAI)",
+    "pooled": "95th percentile of both directions' surface distances pooled (medpy)",
+}
 
 #: The possible values of a class record's ``status``.
 STATUSES: tuple[str, ...] = ("ok", "ref_empty", "pred_empty", "both_empty")
@@ -118,23 +129,36 @@ def region_masks(label: np.ndarray, regions: Mapping[str, Sequence[int]]) -> dic
     return {name: np.isin(label, values) for name, values in _normalise_labels(regions).items()}
 
 
-def _hd95(pred: np.ndarray, ref: np.ndarray, spacing: list[float] | None) -> float | None:
-    """MONAI's symmetric 95th-percentile Hausdorff distance of two non-empty boolean masks."""
+def _check_hd95(definition: str) -> str:
+    if definition not in HD95:
+        raise ConfigError(f"evaluate.hd95: unknown definition {definition!r}; valid: {', '.join(HD95)}")
+    return definition
+
+
+def _hd95(pred: np.ndarray, ref: np.ndarray, spacing: list[float] | None, definition: str = "monai") -> float | None:
+    """95th-percentile Hausdorff distance of two non-empty boolean masks (``definition``: a key of :data:`HD95`)."""
     import torch
     from monai.metrics import compute_hausdorff_distance
+    from monai.metrics.utils import get_edge_surface_distance
 
     y_pred = torch.from_numpy(np.ascontiguousarray(pred)[None, None])
     y = torch.from_numpy(np.ascontiguousarray(ref)[None, None])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        hd = compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95, spacing=spacing)
+        if definition == "monai":
+            hd = compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95, spacing=spacing)
+        else:  # pooled: one percentile over the union of both directed surface distances
+            _, distances, _ = get_edge_surface_distance(y_pred[0, 0].float(), y[0, 0].float(), spacing=spacing,
+                                                        symmetric=True)
+            both = torch.cat([d.reshape(-1).float() for d in distances])
+            hd = torch.quantile(both, 0.95) if both.numel() else torch.tensor(float("nan"))
     # MONAI computes in float32: keep the shortest decimal that is that float32 (0.9, not 0.8999999761...).
     value = float(str(np.float32(hd.reshape(-1)[0].item())))
     return value if math.isfinite(value) else None
 
 
 def binary_metrics(
-    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | float | None = None
+    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | float | None = None, hd95: str = "monai"
 ) -> dict[str, Any]:
     """Metrics of one binary prediction mask against its reference mask (see the module conventions).
 
@@ -142,10 +166,12 @@ def binary_metrics(
         pred: boolean (or 0/1) prediction mask, 2D or 3D.
         ref: reference mask of the same shape.
         spacing: voxel size per spatial axis (mm), or one number for isotropic voxels; ``None`` means 1.
+        hd95: ``"monai"`` (max of the directed 95th percentiles) or ``"pooled"`` (medpy's); see :data:`HD95`.
 
     Returns:
         ``{"dice", "iou", "precision", "recall", "hd95", "ref_voxels", "pred_voxels", "status"}``.
     """
+    _check_hd95(hd95)
     pred = np.asarray(pred).astype(bool, copy=False)
     ref = np.asarray(ref).astype(bool, copy=False)
     if pred.shape != ref.shape:
@@ -172,7 +198,7 @@ def binary_metrics(
         out["status"] = "pred_empty"
     else:
         out["status"] = "ok"
-        out["hd95"] = _hd95(pred, ref, spacing_list)
+        out["hd95"] = _hd95(pred, ref, spacing_list, hd95)
     return out
 
 
@@ -181,6 +207,7 @@ def case_metrics(
     ref: np.ndarray,
     labels: Mapping[str, int] | Mapping[str, Sequence[int]],
     spacing: Sequence[float] | float | None = None,
+    hd95: str = "monai",
 ) -> dict[str, dict[str, Any]]:
     """Metrics of a whole case for each named class or region.
 
@@ -191,6 +218,7 @@ def case_metrics(
             (e.g. ``{"LV": 3}`` or :data:`BRATS_REGIONS`). Include ``"background": 0`` only if it is wanted.
         spacing: voxel size per spatial axis in mm (same axis order as the arrays), or one number for
             isotropic voxels; ``None`` reports HD95 in voxels.
+        hd95: the HD95 definition, ``"monai"`` or ``"pooled"`` (see :data:`HD95`).
 
     Returns:
         Class name -> ``{"dice", "iou", "precision", "recall", "hd95", "ref_voxels", "pred_voxels", "status"}``;
@@ -205,8 +233,9 @@ def case_metrics(
     if pred.shape != ref.shape:
         raise DataError(f"prediction shape {pred.shape} does not match reference shape {ref.shape}")
     regions = _normalise_labels(labels)
+    _check_hd95(hd95)
     return {
-        name: binary_metrics(np.isin(pred, vals), np.isin(ref, vals), spacing)
+        name: binary_metrics(np.isin(pred, vals), np.isin(ref, vals), spacing, hd95)
         for name, vals in regions.items()
     }
 

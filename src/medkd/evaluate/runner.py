@@ -3,12 +3,15 @@
 Writes ``evaluation/per_case.csv`` and ``evaluation/summary.json`` (test split; other splits go to
 ``evaluation/<split>/``): Dice, IoU, precision, recall and HD95 per case and class (and per region
 when ``evaluate.regions`` is set), their mean / std, the foreground mean, and per-site summaries when
-the cases have sites.
+the cases have sites. ``summary.json`` states the HD95 definition used (``hd95_definition``, from
+``evaluate.hd95``), the epoch whose weights were scored (``epoch``) and whether the run had finished training
+(``finished``); evaluating an unfinished run prints a one-line warning on stderr.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +23,38 @@ from medkd.data.loader import open_dataset
 from medkd.data.nifti_io import write_nifti
 from medkd.data.pipeline import prepare_cases
 from medkd.errors import MedkdError
-from medkd.evaluate.metrics import case_metrics, summarize, write_per_case_csv
+from medkd.evaluate.metrics import HD95, case_metrics, summarize, write_per_case_csv
 from medkd.inference import predict_volume
 from medkd.io import atomic_write_json
 from medkd.train.run_folder import load_run_model
 
-__all__ = ["evaluate_run", "evaluation_dir", "spacing_from_affine"]
+__all__ = ["evaluate_run", "evaluation_dir", "run_progress", "spacing_from_affine"]
 
 
 def spacing_from_affine(affine: np.ndarray) -> list[float]:
     """Voxel size per array axis from a 4x4 affine."""
     return [float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)]
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def run_progress(run_dir: str | Path, epochs: int) -> dict[str, Any]:
+    """How far a run's training got: ``{"epoch": best epoch (the weights evaluated), "last_epoch", "finished"}``.
+
+    A run is finished when ``train_summary.json`` exists and ``checkpoints/last.json`` reached ``epochs``
+    (``train.epochs`` of its config); epochs are ``None`` where the files do not say.
+    """
+    ckpt = Path(run_dir) / "checkpoints"
+    best = _read_json(ckpt / "best.json") or {}
+    last = _read_json(ckpt / "last.json") or {}
+    last_epoch = last.get("epoch")
+    finished = (Path(run_dir) / "train_summary.json").is_file() and (last_epoch is None or last_epoch >= epochs)
+    return {"epoch": best.get("epoch"), "last_epoch": last_epoch, "finished": bool(finished)}
 
 
 def evaluation_dir(run_dir: Path, split: str) -> Path:
@@ -47,6 +71,11 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, device: str | No
     """
     run_dir = Path(run_dir)
     model, cfg = load_run_model(run_dir)
+    progress_info = run_progress(run_dir, cfg.train.epochs)
+    if not progress_info["finished"]:
+        done = "no" if progress_info["last_epoch"] is None else str(progress_info["last_epoch"])
+        print(f"warning: {run_dir}: training has not finished ({done} of {cfg.train.epochs} epochs); evaluating "
+              f"the best weights so far (epoch {progress_info['epoch']})", file=sys.stderr)
     split = split or cfg.evaluate.split
     info = json.loads((run_dir / "split.json").read_text())
     case_ids = info.get(split, [])
@@ -71,7 +100,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, device: str | No
                                           cfg.evaluate.batch_size, cfg.evaluate.sw_overlap, dev))
         pred = np.asarray(values)[probs.argmax(0).numpy()]
         ref = np.asarray(values)[pc.reference]
-        metrics = case_metrics(pred, ref, groups, spacing=spacing_from_affine(pc.affine))
+        metrics = case_metrics(pred, ref, groups, spacing=spacing_from_affine(pc.affine), hd95=cfg.evaluate.hd95)
         records.append({"case": cid, "site": pc.site, "metrics": metrics})
         if save_predictions:
             (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
@@ -79,7 +108,9 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, device: str | No
     has_sites = all(r["site"] is not None for r in records)
     summary = summarize(records, group_key="site" if has_sites else None)
     summary = {"run": run_dir.name, "split": split, "model": cfg.model.name, "dataset": index.root.name,
-               "channels": info["channels"], "hd95_unit": "mm", **summary}
+               "channels": info["channels"], "epoch": progress_info["epoch"],
+               "finished": progress_info["finished"], "hd95_unit": "mm",
+               "hd95_definition": HD95[cfg.evaluate.hd95], **summary}
     write_per_case_csv(records, out_dir / "per_case.csv")
     atomic_write_json(out_dir / "summary.json", summary)
     atomic_write_json(out_dir / "per_case.json", records)

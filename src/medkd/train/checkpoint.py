@@ -150,16 +150,22 @@ def load_checkpoint(ckpt_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     pointer = ckpt_dir / "last.json"
     if not pointer.is_file():
         return None
+    current = pointer  # the file being read, named when it is broken
     try:
         info = json.loads(pointer.read_text())
         folder = ckpt_dir / info["dir"]
-        model = load_file(str(folder / "model.safetensors"))
-        extras = load_file(str(folder / "extras.safetensors"))
-        tensors = load_file(str(folder / "optimizer.safetensors"))
-        skeleton = json.loads((folder / "state.json").read_text())
-    except (OSError, KeyError, json.JSONDecodeError, Exception) as exc:
-        raise MedkdError(f"{pointer}: checkpoint unreadable ({exc.__class__.__name__}); "
-                         "start the run again without --resume") from None
+        current = folder / "model.safetensors"
+        model = load_file(str(current))
+        current = folder / "extras.safetensors"
+        extras = load_file(str(current))
+        current = folder / "optimizer.safetensors"
+        tensors = load_file(str(current))
+        current = folder / "state.json"
+        skeleton = json.loads(current.read_text())
+    except Exception as exc:  # OSError, KeyError, JSON and safetensors errors: all mean a broken checkpoint
+        what = "missing" if isinstance(exc, FileNotFoundError) else f"unreadable ({exc.__class__.__name__})"
+        raise MedkdError(f"{current}: checkpoint file {what}; the run cannot resume from it (train again into a "
+                         "new --out folder)") from None
     return model, extras, unflatten_state(skeleton, tensors)
 
 

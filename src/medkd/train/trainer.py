@@ -32,14 +32,20 @@ from medkd.errors import ConfigError, MedkdError
 from medkd.io import atomic_write_json
 from medkd.train.balance import TermBalancer, gradient_norms
 from medkd.train.checkpoint import load_checkpoint, save_best, save_checkpoint
-from medkd.train.run_folder import RunFolder, build_network, load_teacher
+from medkd.train.run_folder import (
+    RunFolder,
+    build_network,
+    check_resume_config,
+    check_teacher_source,
+    load_teacher,
+)
 from medkd.train.validation import validate
 
 if TYPE_CHECKING:
     from medkd.distill.objective import DistillObjective
     from medkd.models import FeatureTapper
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["TrainResult", "check_before_data", "check_distill_terms", "train"]
 
 
 @dataclass
@@ -106,25 +112,32 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
         # CPU kernels flagged by torch (e.g. max_unpool) are deterministic in practice on CPU
         warnings.filterwarnings("ignore", message=".*does not have a deterministic implementation.*")
 
-    state = load_checkpoint(folder.checkpoints) if resume else None
-    if resume and state is None and folder.has_started() and is_main:
-        # nothing complete yet: start over in the same folder
-        folder.reset_logs()
+    # Everything a user can get wrong is checked before the data is loaded and before the folder is written.
+    s_taps, t_taps = check_before_data(cfg, world_size)
+    state = _resume_state(cfg, folder) if resume else None
     if not resume and folder.has_started():
         raise MedkdError(f"{run_dir}: run folder already holds a run; use --resume or another --out")
-    if world_size > 1:
-        torch.distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
 
     bundle = build_bundle(cfg)
     left_out = bundle.meta.get("unlabeled", {}).get("left_out", [])  # their label files are never opened
     ensure_usable(cfg.data.root, cfg.data.format, cfg.data.label_map, images_only=set(left_out))
-    folder.prepare(cfg, bundle, is_main)
+    if state is not None:
+        folder.check_resume_split(bundle)
 
     student = build_network(cfg.model, bundle.in_channels, bundle.num_classes, cfg.data.dim).to(dev)
     teacher = None
     if cfg.distill is not None:
         teacher = load_teacher(cfg.distill.teacher, bundle.teacher_in_channels or 0, bundle.num_classes,
                                cfg.data.dim).to(dev)
+    s_taps, t_taps = _check_taps(student, teacher, s_taps, t_taps)
+
+    if world_size > 1:
+        torch.distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
+    if is_main:
+        if resume and state is None and folder.has_started():
+            folder.reset_logs()  # nothing complete yet: start over in the same folder
+        folder.prepare(cfg, bundle, is_main, resume=state is not None)
+        _announce_validation(cfg, bundle)
 
     source = build_train_source(cfg, bundle)
     unlabeled = build_unlabeled_source(cfg, bundle)
@@ -135,24 +148,14 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
     tea_pos = bundle.positions(bundle.teacher_channels) if bundle.teacher_channels else None
 
     from medkd.distill.segmentation import create_seg_loss
-    from medkd.models import FeatureTapper, tap_specs
+    from medkd.models import FeatureTapper
 
     seg_loss = create_seg_loss(cfg.train.seg_loss.name, bundle.num_classes)
-    has_recon = "reconstruction" in tap_specs(student)
-    objective, s_taps, t_taps = None, [], []
+    objective = None
     if cfg.distill is not None:
         from medkd.distill.objective import DistillObjective
 
         objective = DistillObjective.from_config(cfg.distill.terms).to(dev)
-        if unlabeled is not None and objective.needs_label:
-            raise ConfigError("data.unlabeled: a distillation term reads the ground truth, which images without "
-                              "labels do not have; drop it or distill on labelled images only")
-        s_taps = sorted(set(objective.student_taps()) | {"logits"})
-        t_taps = sorted(set(objective.teacher_taps()) | {"logits"})
-    elif has_recon:
-        s_taps = ["logits", "reconstruction"]
-    if has_recon and "reconstruction" not in s_taps:
-        s_taps.append("reconstruction")
 
     gen = torch.Generator().manual_seed(cfg.seed)
     # one dummy forward sizes the distillation adapters before the optimiser exists
@@ -203,9 +206,14 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
     start_epoch, step, best = 0, 0, {"epoch": None, "val_dice": -math.inf}
     if state is not None:
         model_state, extras_state, tstate = state
-        student.load_state_dict(model_state)
-        if objective is not None:
-            objective.load_state_dict(extras_state)
+        try:
+            student.load_state_dict(model_state)
+            if objective is not None:
+                objective.load_state_dict(extras_state)
+        except RuntimeError as exc:  # a config check missed a change: still one line, nothing written
+            detail = str(exc).strip().splitlines()[-1].strip()
+            raise MedkdError(f"{folder.checkpoints}: the checkpoint does not fit this config ({detail}); "
+                             "train into a new --out folder") from None
         optimizer.load_state_dict(tstate["optimizer"])
         if ascent_opt is not None:
             ascent_opt.load_state_dict(tstate["ascent_optimizer"])
@@ -215,12 +223,11 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
         start_epoch, step, best = tstate["epoch"], tstate["step"], tstate["best"]
         if is_main:
             folder.truncate_metrics(start_epoch)
+            # more epochs for a finished run: its summary is no longer true until the run ends again
+            (folder.path / "train_summary.json").unlink(missing_ok=True)
 
     balancer = TermBalancer(cfg.distill.balance, objective.names) \
         if objective is not None and cfg.distill.balance is not None else None
-    if balancer is not None and world_size > 1:
-        raise ConfigError("distill.balance: not available with more than one process yet (the per-term gradient "
-                          "norms are measured outside DDP); drop it or train in one process")
     if state is not None and balancer is not None and tstate.get("balance") is not None:
         balancer.load_state_dict(tstate["balance"])
     scaler = torch.amp.GradScaler(dev.type) if cfg.train.amp == "fp16" and dev.type == "cuda" else None
@@ -235,6 +242,13 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
     s_tapper = FeatureTapper(student, s_taps) if s_taps else None
     t_tapper = FeatureTapper(teacher, t_taps) if teacher is not None and objective is not None and cache is None \
         else None
+    if cfg.train.compile != "off" and objective is not None:
+        # the per-term gradient norms (grad_norm_every, balance) differentiate one graph several times
+        # (retain_graph), which compiled backwards that donate their buffers refuse
+        import torch._functorch.config as functorch_config
+
+        if hasattr(functorch_config, "donated_buffer"):
+            functorch_config.donated_buffer = False
     ctx = StepContext(
         cfg=cfg, model=_compiled(ddp_student, cfg.train.compile), student=student,
         teacher=_compiled(teacher, cfg.train.compile) if t_tapper is not None else None,
@@ -334,6 +348,131 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
     best_val = best.get("val_dice")
     return TrainResult(folder.path, cfg.train.epochs, best.get("epoch"),
                        None if best_val is None or not math.isfinite(best_val) else float(best_val), final_loss)
+
+
+def check_distill_terms(terms: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Check every ``distill.terms`` entry against the loss registry, without building any network.
+
+    Returns:
+        The student and teacher tap names the terms need (``logits`` included), sorted.
+
+    Raises:
+        ConfigError: naming ``distill.terms[i]``: no ``loss`` key, an unknown loss or option, a bad option value
+            or weight.
+    """
+    from medkd.distill.losses import create_loss
+    from medkd.distill.objective import DistillObjective
+
+    student, teacher = {"logits"}, {"logits"}
+    with torch.random.fork_rng(devices=[]):  # building the losses must not move the run's random stream
+        for i, spec in enumerate(terms):
+            where = f"distill.terms[{i}]"
+            if not isinstance(spec, dict) or "loss" not in spec:
+                raise ConfigError(f"{where}: expected a mapping with a 'loss' key, got {spec!r}")
+            options = {k: v for k, v in spec.items() if k not in ("loss", "weight", "name")}
+            try:
+                loss = create_loss(str(spec["loss"]), **options)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{where} ({spec['loss']}): {str(exc).splitlines()[0]}") from None
+            student.update(loss.student_taps)
+            teacher.update(loss.teacher_taps)
+        DistillObjective.from_config(terms)  # weights and names
+    return sorted(student), sorted(teacher)
+
+
+def check_before_data(cfg: RunConfig, world_size: int = 1) -> tuple[list[str], list[str]]:
+    """The checks of a run that need neither its data nor its networks (see :func:`train`).
+
+    Returns:
+        The student and teacher tap names the distillation terms need (empty without distillation).
+    """
+    from medkd.distill.segmentation import SEG_LOSSES
+    from medkd.errors import unknown_name_error
+
+    if cfg.train.seg_loss.name not in SEG_LOSSES:
+        exc = unknown_name_error("segmentation loss", cfg.train.seg_loss.name, SEG_LOSSES)
+        raise ConfigError(f"train.seg_loss.name: {exc}")
+    if cfg.distill is None:
+        return [], []
+    check_teacher_source(cfg.distill.teacher)
+    s_taps, t_taps = check_distill_terms(cfg.distill.terms)
+    uses_unlabeled = cfg.data.unlabeled is not None or cfg.data.unlabeled_left_out
+    if uses_unlabeled and cfg.distill.terms:
+        from medkd.distill.losses import create_loss
+
+        with torch.random.fork_rng(devices=[]):
+            needs_label = any(create_loss(str(t["loss"]), **{k: v for k, v in t.items()
+                                                              if k not in ("loss", "weight", "name")}).needs_label
+                              for t in cfg.distill.terms)
+        if needs_label:
+            raise ConfigError("data.unlabeled: a distillation term reads the ground truth, which images without "
+                              "labels do not have; drop it or distill on labelled images only")
+    if cfg.distill.balance is not None and world_size > 1:
+        raise ConfigError("distill.balance: not available with more than one process yet (the per-term gradient "
+                          "norms are measured outside DDP); drop it or train in one process")
+    return s_taps, t_taps
+
+
+def _check_taps(student: torch.nn.Module, teacher: torch.nn.Module | None, s_taps: list[str], t_taps: list[str]
+                ) -> tuple[list[str], list[str]]:
+    """The taps the run holds on each network, checked to name modules (a TapError names a bad one).
+
+    Multi-task students also give their ``reconstruction`` output.
+    """
+    from medkd.models import FeatureTapper, tap_specs
+
+    s_taps = list(s_taps)
+    with torch.random.fork_rng(devices=[]):  # a MONAI network's taps are found by a probe forward
+        if "reconstruction" in tap_specs(student):
+            s_taps = sorted(set(s_taps) | {"logits", "reconstruction"})
+        for net, taps, side in ((student, s_taps, "student"), (teacher, t_taps, "teacher")):
+            if net is None or not taps:
+                continue
+            try:
+                FeatureTapper(net, taps).remove()
+            except ConfigError as exc:
+                raise type(exc)(f"distill.terms ({side}): {exc}") from None
+    return s_taps, (t_taps if teacher is not None else [])
+
+
+def _resume_state(cfg: RunConfig, folder: RunFolder) -> tuple[Any, Any, dict[str, Any]] | None:
+    """The checkpoint a resume continues from (None: nothing complete yet), after checking it may continue.
+
+    Raises:
+        ConfigError: the config differs from the run's ``config.yaml`` where the checkpoint depends on it, or
+            ``train.epochs`` is below the epochs already trained.
+        MedkdError: the run already finished all its epochs; or the checkpoint is unreadable.
+    """
+    pointer = folder.checkpoints / "last.json"
+    if not pointer.is_file():
+        return None
+    check_resume_config(folder.path, cfg)
+    try:
+        done = int(json.loads(pointer.read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        done = None  # load_checkpoint names the broken file
+    if done is not None:
+        if (folder.path / "train_summary.json").is_file() and done >= cfg.train.epochs:
+            raise MedkdError(f"{folder.path}: the run has already finished ({done} of {cfg.train.epochs} epochs, "
+                             "train_summary.json); nothing to resume: evaluate it, or raise train.epochs to train "
+                             "it longer")
+        if done > cfg.train.epochs:
+            raise ConfigError(f"train.epochs: {cfg.train.epochs}, but the run already trained {done} epochs; a "
+                              "resume cannot end before that")
+    return load_checkpoint(folder.checkpoints)
+
+
+def _announce_validation(cfg: RunConfig, bundle: Any) -> None:
+    """One line when the validation part was carved from a split file's train list, or when there is none."""
+    carve = bundle.meta.get("val_carve")
+    if bundle.meta.get("val_carved_from_train") and carve:
+        tqdm.write(f"note: {cfg.name}: {cfg.data.split.file} has no 'val' list; validating on "
+                   f"{len(bundle.split['val'])} case(s) carved from its train list (data.split.val "
+                   f"{carve['fraction']} of the case groups, seed {carve['seed']}; recorded in split.json)")
+    elif not bundle.split["val"]:
+        tqdm.write(f"note: {cfg.name}: no validation cases, so the last epoch's weights are kept as 'best'")
 
 
 #: A run is flagged when its last validations fall this far (Dice points / 100) below its best one.
