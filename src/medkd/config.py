@@ -45,7 +45,7 @@ __all__ = [
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), use_attribute_docstrings=True)
 
 
 class SplitConfig(_Strict):
@@ -67,11 +67,17 @@ class SplitConfig(_Strict):
     """
 
     file: str | None = None
+    """JSON with train / val / test lists of case ids (relative to the dataset root unless absolute)"""
     val: float = Field(0.15, ge=0.0, lt=1.0)
+    """fraction of case groups held out for validation (carved from train when a split file has no val list)"""
     test: float = Field(0.2, ge=0.0, lt=1.0)
+    """fraction of case groups held out for testing (random split only)"""
     seed: int = 0
+    """seed of the random split, the validation part and the carve"""
     group_pattern: str | None = None
+    """regular expression; cases sharing a match (e.g. patient\\d+) stay in the same part"""
     test_sites: list[str] | None = None
+    """leave-site-out: these sites are the test part"""
     folds: int | None = Field(None, ge=2, description="k of k-fold cross-validation")
     fold: int = Field(0, ge=0, description="which fold is the test part (0..folds-1)")
     fold_seed: int = Field(12345, description="shuffle seed of the k-fold split (nnU-Net uses 12345)")
@@ -101,7 +107,9 @@ class AugmentConfig(_Strict):
     """Random augmentation applied to training batches (exactly invertible ops only)."""
 
     flip: bool = True
+    """random flips along every spatial axis"""
     rot90: bool = False
+    """random 90-degree rotations in the first two axes (square images)"""
     intensity: float = Field(0.0, ge=0.0, description="std of a random per-sample intensity scale/shift")
 
 
@@ -116,20 +124,31 @@ class DataConfig(_Strict):
     """
 
     root: str
+    """dataset folder (nnU-Net v2 raw, MSD, site folders, PNG pairs)"""
     format: str = "auto"
+    """nnunet, msd, site_folders, png_pairs, or auto (detected)"""
     channels: list[str] | None = None
+    """the student's channels by name (default: all)"""
     teacher_channels: list[str] | None = None
+    """the teacher's channels by name (default: the student's)"""
     labels: dict[str, int] | None = None
+    """classes to predict, name -> label value (default: all in dataset.json)"""
     dim: Literal[2, 3] = 2
+    """2: slices of every volume; 3: patches or whole volumes"""
     size: list[int] = Field(default_factory=lambda: [128, 128])
+    """2D slice size or 3D patch size the networks see"""
     normalize: Literal["zscore", "zscore_nonzero", "minmax", "percentile", "none"] = "zscore"
+    """per-case intensity normalisation"""
     foreground_slices_only: bool = False
+    """2D: train only on slices with foreground"""
     volume_size: list[int] | None = Field(None, description="3D: resize every volume to this shape first")
     patches_per_case: int = Field(4, ge=1, description="3D: random patches per training case and epoch")
     split: SplitConfig = Field(default_factory=SplitConfig)
     train_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    """share of the training case groups the run trains on (seeded per run seed, grouped)"""
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     max_cases: int | None = Field(None, ge=1)
+    """use only the first N cases of every part (quick checks)"""
     orientation: str | None = Field(None, description="reorient every case to these axis codes, e.g. RAS")
     spacing: list[float] | None = Field(None, description="resample to this voxel size (mm); <= 0 keeps an axis")
     crop_foreground: bool = Field(False, description="crop to the box of non-zero voxels (any channel)")
@@ -172,57 +191,86 @@ class ModelConfig(_Strict):
     """A network from the model zoo (``medkd models``) or ``monai.<Net>``."""
 
     name: str
+    """a network of the zoo (medkd models) or monai.<Net>"""
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    """keyword arguments of the network"""
 
 
 class OptimizerConfig(_Strict):
+    """The optimiser of the network (and of the distillation extras)."""
+
     name: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    """optimiser"""
     lr: float = Field(1e-3, gt=0)
+    """learning rate"""
     weight_decay: float = Field(0.0, ge=0)
+    """weight decay"""
     momentum: float = Field(0.9, ge=0)
+    """momentum (sgd, rmsprop)"""
 
 
 class SchedulerConfig(_Strict):
+    """The learning-rate schedule."""
+
     name: Literal["none", "cosine", "poly", "cyclic", "plateau"] = "none"
+    """learning-rate schedule (cosine and poly run over all steps)"""
     min_lr: float = Field(1e-6, ge=0)
+    """lowest learning rate (cosine, cyclic)"""
     step_size: int = Field(2000, ge=1, description="half-cycle length in steps for 'cyclic'")
     patience: int = Field(50, ge=1, description="epochs without improvement for 'plateau'")
     factor: float = Field(0.2, gt=0, lt=1)
+    """learning-rate factor on a plateau"""
 
 
 class SegLossConfig(_Strict):
+    """The supervised segmentation loss and its weight."""
+
     name: str = "dice_ce"
+    """segmentation loss: dice_ce, focal_dice, dice, dice_bce (labelled images only)"""
     weight: float = Field(1.0, ge=0)
+    """weight of the segmentation loss in the step's loss"""
     recon_weight: float = Field(0.2, ge=0, description="weight of MSE(reconstruction, input) for multi-task models")
 
 
 class TrainConfig(_Strict):
+    """How the network is trained: schedule, optimiser, loss, precision, validation."""
+
     epochs: int = Field(10, ge=1)
+    """passes over the training samples"""
     batch_size: int = Field(16, ge=1)
+    """labelled samples per step (per process)"""
     max_steps_per_epoch: int | None = Field(None, ge=1)
+    """cap on the steps of an epoch"""
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     seg_loss: SegLossConfig = Field(default_factory=SegLossConfig)
     amp: Literal["none", "bf16", "fp16"] = "none"
+    """mixed precision on GPUs"""
     channels_last: bool = Field(False, description="2D: NHWC memory format for the networks and batches (GPU)")
     compile: Literal["off", "default", "reduce-overhead", "max-autotune", "aot_eager"] = Field(
         "off", description="torch.compile the student and the live teacher: a mode of the inductor backend, or "
                            "aot_eager (tracing only, no code generation: for checking a model compiles)")
     val_every: int = Field(1, ge=1)
+    """validate every N epochs (and after the last)"""
     grad_norm_every: int | None = Field(
         50, ge=1, description="every N steps, log the gradient norm of the segmentation loss and of each "
                               "distillation term on the student's parameters (distillation runs; null: never)")
     grad_clip: float | None = Field(None, gt=0)
+    """clip the student's gradient norm to this value"""
     threads: int | None = Field(None, ge=1)
+    """torch CPU threads"""
     progress: bool = True
+    """show progress bars"""
 
 
 class TeacherConfig(_Strict):
     """The frozen teacher: a finished run folder, or a model name plus a safetensors checkpoint."""
 
     run: str | None = None
+    """a finished medkd run folder"""
     model: ModelConfig | None = None
     checkpoint: str | None = None
+    """safetensors weights of distill.teacher.model"""
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherConfig:
@@ -238,7 +286,9 @@ class PseudoLabelConfig(_Strict):
     segmentation loss against ``argmax(t)``, counted only where the teacher's top probability >= ``threshold``."""
 
     weight: float = Field(1.0, ge=0)
+    """weight of the pseudo-label term"""
     threshold: float = Field(0.9, ge=0.0, le=1.0)
+    """teacher top-probability a pixel needs to count"""
 
 
 class BalanceConfig(_Strict):
@@ -247,9 +297,13 @@ class BalanceConfig(_Strict):
     most (``cap``) or exactly (``match``) ``target`` x the segmentation norm (scales smoothed by ``momentum``)."""
 
     target: float = Field(0.5, gt=0)
+    """a term's gradient norm, as a multiple of the segmentation loss's"""
     mode: Literal["cap", "match"] = "cap"
+    """cap: at most target; match: exactly target"""
     every: int = Field(10, ge=1)
+    """re-measure the norms every N steps"""
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    """smoothing of the scales between measurements"""
 
 
 class DistillConfig(_Strict):
@@ -257,6 +311,7 @@ class DistillConfig(_Strict):
 
     teacher: TeacherConfig
     terms: list[dict[str, Any]] = Field(default_factory=list)
+    """distillation terms: {loss, weight, tap, options...} (medkd losses lists them)"""
     pseudo_label: PseudoLabelConfig | None = None
     balance: BalanceConfig | None = None
     cache: bool = Field(False, description="compute the teacher's outputs once (float16, on disk) and reuse them")
@@ -272,20 +327,26 @@ class EvaluateConfig(_Strict):
     """
 
     split: Literal["train", "val", "test"] = "test"
+    """which part medkd evaluate scores by default"""
     hd95: Literal["monai", "pooled"] = Field(
         "monai", description="monai: max of the directed 95th percentiles; pooled: 95th percentile of the union of "
                              "both directions' surface distances (medpy)")
     regions: dict[str, list[int]] | None = None
+    """extra label-value groups scored as one, e.g. BraTS WT: [1, 2, 3, 4]"""
     classes: bool = Field(True, description="report each declared foreground class")
     batch_size: int = Field(16, ge=1)
+    """slices / windows per inference batch"""
     sw_overlap: float = Field(0.25, ge=0, lt=1)
+    """3D sliding-window overlap"""
 
 
 class RunConfig(_Strict):
     """A whole run: data, network, training, optional distillation, evaluation."""
 
     name: str = "run"
+    """run name (default run folder runs/<name>)"""
     seed: int = 0
+    """seed of everything random in the run"""
     data: DataConfig
     model: ModelConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
