@@ -58,7 +58,7 @@ def data_check(
     """Read every case and report counts, channels, labels, shapes, spacings, sites and problems."""
     from medkd.data.check import check_dataset
 
-    report = check_dataset(root, format, max_cases=max_cases)
+    report = check_dataset(root, format, max_cases=max_cases, progress=True)
     typer.echo(report.summary())
     for problem in report.problems:
         typer.echo(f"problem: {problem}", err=True)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from medkd.data.formats import Case, DatasetIndex, read_dataset, read_image, with_label_map
 from medkd.errors import DataError
@@ -235,7 +236,8 @@ def check_case(index: DatasetIndex, case: Case, image_only: bool = False) -> tup
 
 
 def check_dataset(root: str | Path, format: str = "auto", max_cases: int | None = None,
-                  label_map: dict[int, int] | None = None, images_only: Collection[str] = ()) -> CheckReport:
+                  label_map: dict[int, int] | None = None, images_only: Collection[str] = (),
+                  progress: bool = False) -> CheckReport:
     """Check every case of a dataset folder (see the module docstring). Never writes to the folder.
 
     Args:
@@ -244,6 +246,7 @@ def check_dataset(root: str | Path, format: str = "auto", max_cases: int | None 
         max_cases: check only the first ``max_cases`` cases (sorted by id); None checks all.
         label_map: the run's ``data.label_map`` (raw label value -> value), if any.
         images_only: ids of cases whose label files must not be opened (a run's images without labels).
+        progress: show a progress bar over the cases (on a terminal only).
 
     Returns:
         The report; ``report.ok`` tells whether the dataset is usable.
@@ -273,7 +276,8 @@ def check_dataset(root: str | Path, format: str = "auto", max_cases: int | None 
     values: set[int] = set()
     shapes, spacings, dtypes = [], [], set()
     absent = {name: 0 for name, v in index.labels.items() if v != min(index.labels.values())}
-    for case in cases:
+    for case in tqdm(cases, desc=f"checking {root.name}", disable=None if progress else True, leave=False,
+                     dynamic_ncols=True):
         facts, problems = check_case(index, case, image_only=case.case_id in images_only)
         report.problems.extend(problems)
         report.n_checked += 1
@@ -301,7 +305,7 @@ def check_dataset(root: str | Path, format: str = "auto", max_cases: int | None 
 
 
 def ensure_usable(root: str | Path, format: str = "auto", label_map: dict[int, int] | None = None,
-                  images_only: Collection[str] = ()) -> CheckReport:
+                  images_only: Collection[str] = (), progress: bool = False) -> CheckReport:
     """Run :func:`check_dataset` on every case and stop with the first problem (call before any training work).
 
     ``images_only``: cases checked without opening their label files (a run's images without labels).
@@ -309,7 +313,7 @@ def ensure_usable(root: str | Path, format: str = "auto", label_map: dict[int, i
     Raises:
         DataError: ``"<first problem> (+N more problem(s); run 'medkd data check ROOT')"``.
     """
-    report = check_dataset(root, format, label_map=label_map, images_only=images_only)
+    report = check_dataset(root, format, label_map=label_map, images_only=images_only, progress=progress)
     if report.problems:
         n = len(report.problems) - 1
         more = f" (+{n} more problem(s); run 'medkd data check {root}')" if n else ""

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from medkd.config import DataConfig, RunConfig
 from medkd.data.formats import DatasetIndex, read_dataset, with_label_map
@@ -308,11 +309,13 @@ def build_unlabeled_source(cfg: RunConfig, bundle: DataBundle) -> ImageSliceSour
     if not record:
         return None
     names = [bundle.index.channel_names[i] for i in bundle.loaded_channels]
-    volumes = [_image_only(bundle.index, cid, bundle.loaded_channels, cfg.data) for cid in record.get("left_out", [])]
+    jobs = [(bundle.index, cid, bundle.loaded_channels) for cid in record.get("left_out", [])]
     if "folder" in record:
         extra = read_dataset(record["folder"], "auto")
-        positions = extra.channel_indices(names)
-        volumes += [_image_only(extra, cid, positions, cfg.data) for cid in record["folder_cases"]]
+        jobs += [(extra, cid, extra.channel_indices(names)) for cid in record["folder_cases"]]
+    bar = tqdm(jobs, desc="loading images without labels", disable=None if cfg.train.progress else True,
+               leave=False, dynamic_ncols=True)
+    volumes = [_image_only(index, cid, channels, cfg.data) for index, cid, channels in bar]
     return ImageSliceSource(volumes, tuple(cfg.data.size))
 
 
@@ -325,7 +328,8 @@ def _image_only(index: DatasetIndex, case_id: str, channels: list[int], data: Da
 
 def build_train_source(cfg: RunConfig, bundle: DataBundle) -> SliceSource | PatchSource:
     """Prepare the training cases of a run as a sample source."""
-    cases = prepare_cases(bundle.index, bundle.split["train"], bundle.loaded_channels, cfg.data)
+    cases = prepare_cases(bundle.index, bundle.split["train"], bundle.loaded_channels, cfg.data,
+                          progress="loading training cases" if cfg.train.progress else None)
     if cfg.data.dim == 2:
         return SliceSource(cases, tuple(cfg.data.size), cfg.data.foreground_slices_only)
     vol = tuple(cfg.data.volume_size) if cfg.data.volume_size else None

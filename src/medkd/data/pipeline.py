@@ -28,6 +28,7 @@ from monai.transforms import (
     ScaleIntensity,
     ScaleIntensityRangePercentiles,
 )
+from tqdm.auto import tqdm
 
 from medkd.config import DataConfig
 from medkd.data.formats import Case, DatasetIndex, read_image
@@ -203,7 +204,7 @@ def prepare_arrays(case_id: str, site: str | None, image: np.ndarray, label: np.
 
 
 def prepare_cases(index: DatasetIndex, case_ids: Sequence[str], channels: Sequence[int],
-                  normalize: str | DataConfig = "zscore") -> list[PreparedCase]:
+                  normalize: str | DataConfig = "zscore", progress: str | None = None) -> list[PreparedCase]:
     """Load and preprocess the given cases (labels mapped to class indices).
 
     Args:
@@ -212,9 +213,10 @@ def prepare_cases(index: DatasetIndex, case_ids: Sequence[str], channels: Sequen
         channels: dataset channel indices to hold, in this order.
         normalize: the run's :class:`~medkd.config.DataConfig` (all preprocessing steps), or only a
             normalisation mode name (``zscore``, ``zscore_nonzero``, ``minmax``, ``percentile``, ``none``).
+        progress: a label to show a progress bar with, on a terminal (None: silent).
     """
     out = []
-    for cid in case_ids:
+    for cid in tqdm(case_ids, desc=progress, disable=None if progress else True, leave=False, dynamic_ncols=True):
         case = index.case(cid)
         image, label, affine = load_case(case, channels, index.labels, index=index)
         out.append(prepare_arrays(cid, case.site, image, label, affine, normalize))

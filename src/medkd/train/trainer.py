@@ -120,7 +120,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
 
     bundle = build_bundle(cfg)
     left_out = bundle.meta.get("unlabeled", {}).get("left_out", [])  # their label files are never opened
-    ensure_usable(cfg.data.root, cfg.data.format, cfg.data.label_map, images_only=set(left_out))
+    ensure_usable(cfg.data.root, cfg.data.format, cfg.data.label_map, images_only=set(left_out),
+                  progress=cfg.train.progress and is_main)
     if state is not None:
         folder.check_resume_split(bundle)
 
@@ -142,7 +143,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
     source = build_train_source(cfg, bundle)
     unlabeled = build_unlabeled_source(cfg, bundle)
     n_unlabeled = max(1, round(cfg.data.unlabeled_ratio * cfg.train.batch_size)) if unlabeled is not None else 0
-    val_cases = prepare_cases(bundle.index, bundle.split["val"], bundle.channels, cfg.data) \
+    val_cases = prepare_cases(bundle.index, bundle.split["val"], bundle.channels, cfg.data,
+                              progress="loading validation cases" if cfg.train.progress and is_main else None) \
         if bundle.split["val"] else []
     stu_pos = bundle.positions(bundle.channels)
     tea_pos = bundle.positions(bundle.teacher_channels) if bundle.teacher_channels else None
