@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,18 @@ import torch
 from medkd.config import parse_config
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Runs in tests keep their prepared-sample cache in a temporary folder, never in ~/.cache/medkd."""
+    old = os.environ.get("MEDKD_CACHE")
+    os.environ["MEDKD_CACHE"] = str(tmp_path_factory.mktemp("medkd_cache"))
+    yield
+    if old is None:
+        os.environ.pop("MEDKD_CACHE", None)
+    else:
+        os.environ["MEDKD_CACHE"] = old
 
 
 @pytest.fixture(autouse=True)

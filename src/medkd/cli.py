@@ -82,6 +82,32 @@ def data_compact(
     typer.echo(f"{out}: {len(index.cases)} cases at {size} ({dtype}), {megabytes:.1f} MiB")
 
 
+@data_app.command("prepare")
+def data_prepare(
+    config: Path = typer.Argument(..., help="run config (YAML) whose training samples to prepare"),
+    set_: list[str] = typer.Option([], "--set", help="override a config key, e.g. --set data.size=[128,128]"),
+) -> None:
+    """Build the prepared-sample cache of a 2D run ahead of time (its training slices; see data.prepared)."""
+    from medkd.config import load_config
+    from medkd.data.loader import build_bundle
+    from medkd.data.prepared import folder_size, prepared_slices
+    from medkd.errors import ConfigError
+    from medkd.train.run_folder import resolve_paths
+
+    cfg = resolve_paths(load_config(config, set_))
+    if cfg.data.dim != 2:
+        raise ConfigError(f"{config}: data.dim is 3; only 2D runs have a prepared-sample cache")
+    if cfg.data.prepared == "off":
+        raise ConfigError(f"{config}: data.prepared is off; nothing to prepare")
+    bundle = build_bundle(cfg)
+    images, _, _, info = prepared_slices(cfg.data, bundle.index, bundle.split["train"], bundle.loaded_channels,
+                                         progress="preparing training cases" if cfg.train.progress else None)
+    megabytes = folder_size(info.folder) / 2**20
+    state = "reused" if info.reused else "written"
+    typer.echo(f"{info.folder}: {images.shape[0]} slices of {len(bundle.split['train'])} training cases, "
+               f"{megabytes:.1f} MiB ({state})")
+
+
 @app.command("train")
 def train_cmd(
     config: Path = typer.Argument(..., help="run config (YAML)"),

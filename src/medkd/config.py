@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medkd.errors import ConfigError, nearest_names
 
@@ -164,6 +164,16 @@ class DataConfig(_Strict):
                                                         "out, as images without labels")
     unlabeled_ratio: float = Field(1.0, gt=0.0, le=8.0,
                                    description="unlabelled images per labelled image in every batch")
+    prepared: Literal["auto", "off"] = "auto"
+    """2D: keep the prepared training slices in a fingerprinted cache and reuse them (off: prepare every run)"""
+    prepared_dir: str | None = None
+    """folder of the prepared-sample cache (default: $MEDKD_CACHE/prepared, else ~/.cache/medkd/prepared)"""
+
+    @field_validator("prepared", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare off / on as a boolean
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _check_size(self) -> DataConfig:

@@ -201,6 +201,13 @@ class SliceSource:
     def __init__(self, cases: list[PreparedCase], size: tuple[int, int], foreground_only: bool = False):
         self.images, self.labels, self.origin = slice_samples(cases, size, foreground_only)
 
+    @classmethod
+    def from_arrays(cls, images: torch.Tensor, labels: torch.Tensor, origin: list[tuple[str, int]]) -> SliceSource:
+        """A source of given samples (e.g. read back from :mod:`medkd.data.prepared`)."""
+        source = cls.__new__(cls)
+        source.images, source.labels, source.origin = images, labels, origin
+        return source
+
     def __len__(self) -> int:
         return self.images.shape[0]
 
@@ -327,11 +334,19 @@ def _image_only(index: DatasetIndex, case_id: str, channels: list[int], data: Da
 
 
 def build_train_source(cfg: RunConfig, bundle: DataBundle) -> SliceSource | PatchSource:
-    """Prepare the training cases of a run as a sample source."""
-    cases = prepare_cases(bundle.index, bundle.split["train"], bundle.loaded_channels, cfg.data,
-                          progress="loading training cases" if cfg.train.progress else None)
+    """Prepare the training cases of a run as a sample source.
+
+    2D runs read their slices from the prepared-sample cache (:mod:`medkd.data.prepared`, ``data.prepared``)
+    when it holds them, and write it otherwise; 3D runs (random patches) always prepare their volumes here.
+    """
+    progress = "loading training cases" if cfg.train.progress else None
     if cfg.data.dim == 2:
-        return SliceSource(cases, tuple(cfg.data.size), cfg.data.foreground_slices_only)
+        from medkd.data.prepared import prepared_slices
+
+        images, labels, origin, _ = prepared_slices(cfg.data, bundle.index, bundle.split["train"],
+                                                    bundle.loaded_channels, progress=progress)
+        return SliceSource.from_arrays(images, labels, origin)
+    cases = prepare_cases(bundle.index, bundle.split["train"], bundle.loaded_channels, cfg.data, progress=progress)
     vol = tuple(cfg.data.volume_size) if cfg.data.volume_size else None
     return PatchSource(cases, tuple(cfg.data.size), vol, cfg.data.patches_per_case)
 

@@ -37,7 +37,7 @@ __all__ = [
 #: run's ``config.yaml``, since the checkpoints, the split or the run's meaning depend on it.
 RESUME_FREE_KEYS: tuple[str, ...] = (
     "name", "train.epochs", "train.progress", "train.threads", "train.val_every", "train.grad_norm_every",
-    "train.compile", "evaluate",
+    "train.compile", "evaluate", "data.prepared", "data.prepared_dir",
 )
 
 #: ``split.json`` entries a resumed run must find unchanged (the cases, channels and classes it trained on).
