@@ -26,6 +26,12 @@ def _private_cache(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
+def _fresh_cache(tmp_path_factory, monkeypatch):
+    """Every test starts with an empty prepared-sample cache (tests that count file reads stay order-independent)."""
+    monkeypatch.setenv("MEDKD_CACHE", str(tmp_path_factory.mktemp("medkd_cache")))
+
+
+@pytest.fixture(autouse=True)
 def _small_threads():
     torch.set_num_threads(1)
     yield

@@ -101,7 +101,8 @@ def data_prepare(
         raise ConfigError(f"{config}: data.prepared is off; nothing to prepare")
     bundle = build_bundle(cfg)
     images, _, _, info = prepared_slices(cfg.data, bundle.index, bundle.split["train"], bundle.loaded_channels,
-                                         progress="preparing training cases" if cfg.train.progress else None)
+                                         progress="preparing training cases" if cfg.train.progress else None,
+                                         must_write=True)
     megabytes = folder_size(info.folder) / 2**20
     state = "reused" if info.reused else "written"
     typer.echo(f"{info.folder}: {images.shape[0]} slices of {len(bundle.split['train'])} training cases, "

@@ -1,0 +1,237 @@
+"""The prepared-sample cache: a run's 2D training slices, written once and memory-mapped by later runs.
+
+Like nnU-Net's preprocessed folder, but keyed by content: the resized training slices of a 2D run
+(:func:`medkd.data.pipeline.slice_samples` of the prepared training cases) are stored as ``images.npy``
+(float32, (N, C, H, W)), ``labels.npy`` (the smallest integer type that holds the class indices, (N, 1, H, W))
+and ``index.json`` (format version, fingerprint, what it was made from, the (case id, slice) of every sample)
+in a folder named by a sha256 fingerprint of everything that decides those arrays:
+
+* the format version of this cache and the numpy / torch / MONAI versions (resizing is theirs);
+* the dataset's resolved root and format, its classes, label mapping and meta (e.g. simulated sites);
+* the chosen case ids in order, with each case's site and every file it reads (path, size, ``mtime_ns``);
+* the loaded channel indices;
+* every :class:`~medkd.config.DataConfig` field except those that only choose cases or act after the samples
+  (split, train_fraction, augment, unlabeled*, the cache's own keys).
+
+A folder is written as a hidden temporary folder and renamed into place, so a killed writer leaves no half cache;
+a folder whose index or arrays do not match (truncated, edited, another version) is rebuilt, never trusted.
+The cache only saves time: arrays read back are bit-identical to the ones computed. It lives in
+``data.prepared_dir`` (default ``$MEDKD_CACHE/prepared``, else ``~/.cache/medkd/prepared``), never in a dataset
+folder; ``data.prepared: off`` turns it off. 3D runs (random patches of whole volumes) are not cached.
+
+Example:
+    >>> images, labels, origin, info = prepared_slices(cfg.data, index, ["case_000"], [0])
+    >>> info.folder, info.reused
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medkd.config import DataConfig
+from medkd.data.formats import DatasetIndex
+from medkd.errors import ConfigError, MedkdError
+
+__all__ = ["FORMAT_VERSION", "PreparedInfo", "cache_root", "fingerprint", "folder_size", "prepared_slices"]
+
+FORMAT_VERSION = 1
+#: DataConfig fields that never change the prepared samples of given cases (they choose cases or act later).
+IGNORED_FIELDS = frozenset({"root", "split", "train_fraction", "augment", "unlabeled", "unlabeled_left_out",
+                            "unlabeled_ratio", "prepared", "prepared_dir"})
+
+
+@dataclass
+class PreparedInfo:
+    """Where a run's prepared samples are and whether they were read back (``reused``) or just written."""
+
+    folder: Path | None
+    fingerprint: str
+    reused: bool
+
+
+def cache_root(data: DataConfig) -> Path:
+    """The folder that holds the fingerprinted cache folders (``data.prepared_dir`` or the default)."""
+    if data.prepared_dir:
+        return Path(data.prepared_dir).expanduser()
+    env = os.environ.get("MEDKD_CACHE")
+    base = Path(env).expanduser() if env else Path.home() / ".cache" / "medkd"
+    return base / "prepared"
+
+
+def _file_facts(path: Path) -> list[Any]:
+    st = os.stat(path)
+    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+
+
+def fingerprint(data: DataConfig, index: DatasetIndex, case_ids: Sequence[str], channels: Sequence[int]
+                ) -> tuple[str, dict[str, Any]]:
+    """The sha256 fingerprint of the 2D training samples of ``case_ids`` and the facts behind it.
+
+    Raises:
+        OSError: a case file cannot be stat'ed (the load that follows reports it properly).
+    """
+    import monai
+
+    cases = []
+    for cid in case_ids:
+        case = index.case(cid)
+        files = list(case.image_files) + ([case.label_file] if case.label_file is not None else [])
+        cases.append({"id": cid, "site": case.site, "channel_axis": case.channel_axis,
+                      "files": [_file_facts(f) for f in files]})
+    facts = {
+        "format_version": FORMAT_VERSION,
+        "kind": "slices2d",
+        "versions": {"numpy": np.__version__, "torch": torch.__version__, "monai": monai.__version__},
+        "root": str(Path(index.root).resolve()),
+        "dataset": {"format": index.format, "labels": index.labels, "label_map": {str(k): v for k, v in
+                    index.label_map.items()}, "merge_above": index.merge_above, "meta": index.meta},
+        "channels": [int(c) for c in channels],
+        "data": {k: v for k, v in data.model_dump(mode="json").items() if k not in IGNORED_FIELDS},
+        "cases": cases,
+    }
+    blob = json.dumps(facts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest(), facts
+
+
+def folder_size(folder: Path) -> int:
+    """Bytes held by the files of a cache folder."""
+    return sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file())
+
+
+def _sha256(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
+
+
+def _label_dtype(labels: torch.Tensor) -> np.dtype:
+    lo, hi = (int(labels.min()), int(labels.max())) if labels.numel() else (0, 0)
+    for dt in (np.uint8, np.int8, np.int16, np.int32):
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(dt)
+    return np.dtype(np.int64)
+
+
+def _read(folder: Path, fp: str) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, int]]] | None:
+    """The arrays of a cache folder, or None when anything does not match (the caller rebuilds)."""
+    try:
+        meta = json.loads((folder / "index.json").read_text())
+        if meta.get("format_version") != FORMAT_VERSION or meta.get("fingerprint") != fp:
+            return None
+        arrays = {}
+        for name in ("images", "labels"):
+            spec = meta[name]
+            mm = np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+            if list(mm.shape) != spec["shape"] or str(mm.dtype) != spec["dtype"]:
+                return None
+            arr = np.array(mm)  # one sequential read into memory; the file may be replaced later
+            del mm
+            if _sha256(arr) != spec["sha256"]:
+                return None
+            arrays[name] = arr
+        origin = [(str(c), int(z)) for c, z in meta["origin"]]
+        if len(origin) != arrays["images"].shape[0] or arrays["labels"].shape[0] != len(origin):
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    images = torch.from_numpy(arrays["images"])
+    labels = torch.from_numpy(arrays["labels"].astype(np.int64))
+    return images, labels, origin
+
+
+def _write(root: Path, fp: str, facts: dict[str, Any], images: torch.Tensor, labels: torch.Tensor,
+           origin: list[tuple[str, int]]) -> Path:
+    """Write a cache folder under ``root`` all or nothing (temporary folder + rename); returns its path."""
+    final = root / fp
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{fp[:16]}.", suffix=".tmp", dir=root))
+    try:
+        img = images.numpy().astype(np.float32, copy=False)
+        lab = labels.numpy().astype(_label_dtype(labels))
+        np.save(tmp / "images.npy", img, allow_pickle=False)
+        np.save(tmp / "labels.npy", lab, allow_pickle=False)
+        meta = {"format_version": FORMAT_VERSION, "fingerprint": fp,
+                "images": {"shape": list(img.shape), "dtype": str(img.dtype), "sha256": _sha256(img)},
+                "labels": {"shape": list(lab.shape), "dtype": str(lab.dtype), "sha256": _sha256(lab)},
+                "origin": [[c, int(z)] for c, z in origin], "facts": facts}
+        (tmp / "index.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
+        os.chmod(tmp, 0o755)
+        if final.exists():  # a stale or corrupt folder: move it aside first, then remove it
+            stale = Path(tempfile.mkdtemp(prefix=f".{fp[:16]}.", suffix=".stale", dir=root))
+            os.replace(final, stale / "old")
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():  # else another process just wrote the same samples
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def prepared_slices(data: DataConfig, index: DatasetIndex, case_ids: Sequence[str], channels: Sequence[int],
+                    progress: str | None = None, must_write: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, int]], PreparedInfo]:
+    """The 2D training samples of ``case_ids``: read from the cache, else prepared and written to it.
+
+    Args:
+        data: the run's data config (``data.prepared: off`` prepares in memory and writes nothing).
+        index: the run's dataset.
+        case_ids: the training cases, in order.
+        channels: dataset channel indices held, in order.
+        progress: a progress-bar label for preparing the cases (None: silent).
+        must_write: a cache folder that cannot be written is an error (``medkd data prepare``); otherwise a
+            one-line note on stderr and the samples are used from memory (the cache only saves time).
+
+    Returns:
+        ``(images, labels, origin, info)`` exactly as :func:`medkd.data.pipeline.slice_samples` gives them.
+
+    Raises:
+        ConfigError: ``data.prepared_dir`` lies inside the dataset folder.
+        MedkdError: ``must_write`` and the cache folder cannot be written (the message names it).
+    """
+    from medkd.data.pipeline import prepare_cases, slice_samples
+
+    def compute() -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, int]]]:
+        cases = prepare_cases(index, case_ids, channels, data, progress=progress)
+        return slice_samples(cases, tuple(data.size), data.foreground_slices_only)
+
+    if data.prepared == "off":
+        return (*compute(), PreparedInfo(None, "", False))
+    root = cache_root(data).resolve()
+    dataset = Path(index.root).resolve()
+    if root == dataset or dataset in root.parents:
+        raise ConfigError(f"data.prepared_dir: {root} is inside the dataset folder {dataset}; "
+                          "medkd never writes there")
+    try:
+        fp, facts = fingerprint(data, index, case_ids, channels)
+    except OSError:
+        return (*compute(), PreparedInfo(None, "", False))  # a missing file: the load reports it
+    got = _read(root / fp, fp)
+    if got is not None:
+        return (*got, PreparedInfo(root / fp, fp, True))
+    images, labels, origin = compute()
+    try:
+        folder = _write(root, fp, facts, images, labels, origin)
+    except OSError as err:
+        reason = err.strerror or (os.strerror(err.errno) if err.errno else str(err))
+        line = f"data.prepared_dir: cannot write the prepared-sample cache in {root} ({reason})"
+        if must_write:
+            raise MedkdError(f"{line}; set another data.prepared_dir") from err
+        print(f"note: {line}; training from memory (data.prepared: off skips the cache)", file=sys.stderr)
+        return images, labels, origin, PreparedInfo(None, fp, False)
+    return images, labels, origin, PreparedInfo(folder, fp, False)

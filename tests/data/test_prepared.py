@@ -1,0 +1,204 @@
+"""The prepared-sample cache: same samples, same training, reused, invalidated, never half written."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from medkd.config import parse_config
+from medkd.data import pipeline
+from medkd.data.loader import build_bundle, build_train_source
+from medkd.data.pipeline import prepare_cases, slice_samples
+from medkd.data.prepared import cache_root, prepared_slices
+from medkd.errors import ConfigError, MedkdError
+from medkd.train.trainer import read_metrics, train
+
+
+def _cfg(make_config, root, cache, **data):
+    return parse_config(make_config(root, data={"root": str(root), "dim": 2, "size": [32, 32],
+                                                "split": {"val": 0.2, "test": 0.2, "seed": 0},
+                                                "prepared_dir": str(cache), **data},
+                                    train={"epochs": 1, "batch_size": 4, "max_steps_per_epoch": 3,
+                                           "optimizer": {"name": "adam", "lr": 0.003}, "progress": False}))
+
+
+def _folders(cache):
+    return sorted(p for p in cache.iterdir() if not p.name.startswith(".")) if cache.exists() else []
+
+
+@pytest.fixture()
+def loads(monkeypatch):
+    """Case ids whose files the pipeline reads (``load_case``), in call order."""
+    seen: list[str] = []
+    real = pipeline.load_case
+
+    def spy(case, *args, **kwargs):
+        seen.append(case.case_id)
+        return real(case, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "load_case", spy)
+    return seen
+
+
+def test_cached_samples_equal_the_computed_ones(synth2d, make_config, tmp_path, loads):
+    cfg = _cfg(make_config, synth2d, tmp_path / "cache", foreground_slices_only=True)
+    bundle = build_bundle(cfg)
+    want = slice_samples(prepare_cases(bundle.index, bundle.split["train"], bundle.loaded_channels, cfg.data),
+                         (32, 32), True)
+    first = prepared_slices(cfg.data, bundle.index, bundle.split["train"], bundle.loaded_channels)
+    loads.clear()
+    again = prepared_slices(cfg.data, bundle.index, bundle.split["train"], bundle.loaded_channels)
+    assert not first[3].reused and again[3].reused and again[3].folder == first[3].folder
+    assert loads == []  # read back: no case file opened
+    for got in (first, again):
+        assert torch.equal(got[0], want[0]) and got[0].dtype == torch.float32
+        assert torch.equal(got[1], want[1]) and got[1].dtype == torch.int64
+        assert got[2] == want[2]
+    idx = torch.tensor([3, 0, 5])
+    source = build_train_source(cfg, bundle)
+    images, labels = source.samples(idx, torch.Generator())
+    assert torch.equal(images, want[0][idx]) and torch.equal(labels, want[1][idx])
+    folder = again[3].folder
+    assert {p.name for p in folder.iterdir()} == {"images.npy", "labels.npy", "index.json"}
+    assert json.loads((folder / "index.json").read_text())["labels"]["dtype"] == "uint8"
+
+
+def test_training_is_identical_with_and_without_the_cache_and_reuses_it(synth2d, make_config, tmp_path, loads):
+    cache = tmp_path / "cache"
+    runs = {}
+    for name, mode in (("off", "off"), ("cold", "auto"), ("warm", "auto")):
+        loads.clear()
+        cfg = _cfg(make_config, synth2d, cache, prepared=mode)
+        train(cfg, tmp_path / name, device="cpu")
+        runs[name] = list(loads)
+        if name == "off":
+            assert _folders(cache) == []
+    train_ids = set(build_bundle(cfg).split["train"])
+    assert train_ids <= set(runs["cold"])
+    assert not train_ids & set(runs["warm"])  # the second auto run read no training case
+    assert len(_folders(cache)) == 1
+
+    def steps(name):
+        return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in read_metrics(tmp_path / name)
+                if r["kind"] in ("step", "epoch")]
+
+    def weights(name):
+        last = json.loads((tmp_path / name / "checkpoints" / "last.json").read_text())["dir"]
+        return load_file(str(tmp_path / name / "checkpoints" / last / "model.safetensors"))
+
+    assert steps("off") == steps("cold") == steps("warm") and steps("off")
+    w_off, w_warm = weights("off"), weights("warm")
+    assert w_off.keys() == w_warm.keys()
+    assert all(torch.equal(w_off[k], w_warm[k]) for k in w_off)
+
+
+def test_changed_file_or_size_makes_a_new_cache(synth2d, make_config, tmp_path, loads):
+    data = tmp_path / "data"
+    shutil.copytree(synth2d, data)
+    cache = tmp_path / "cache"
+    cfg = _cfg(make_config, data, cache)
+    bundle = build_bundle(cfg)
+    ids, ch = bundle.split["train"], bundle.loaded_channels
+    first = prepared_slices(cfg.data, bundle.index, ids, ch)[3]
+    assert prepared_slices(cfg.data, bundle.index, ids, ch)[3].reused
+    # another size: another fingerprint
+    other = _cfg(make_config, data, cache, size=[24, 24])
+    got = prepared_slices(other.data, bundle.index, ids, ch)
+    assert not got[3].reused and got[3].folder != first.folder and got[0].shape[-1] == 24
+    # a training file rewritten (same bytes, new mtime): not trusted
+    image = bundle.index.case(ids[0]).image_files[0]
+    st = image.stat()
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    loads.clear()
+    again = prepared_slices(cfg.data, bundle.index, ids, ch)[3]
+    assert not again.reused and again.folder != first.folder and ids[0] in loads
+    # a config key that only chooses batches shares the cache
+    aug = _cfg(make_config, data, cache, augment={"flip": False}, train_fraction=0.9)
+    assert prepared_slices(aug.data, bundle.index, ids, ch)[3].reused
+
+
+def test_corrupt_or_half_written_cache_is_rebuilt(synth2d, make_config, tmp_path, loads):
+    cache = tmp_path / "cache"
+    cfg = _cfg(make_config, synth2d, cache)
+    bundle = build_bundle(cfg)
+    args = (cfg.data, bundle.index, bundle.split["train"], bundle.loaded_channels)
+    want = prepared_slices(*args)
+    folder = want[3].folder
+    # one flipped value: rebuilt, same result
+    raw = bytearray((folder / "images.npy").read_bytes())
+    raw[-3] ^= 0xFF
+    (folder / "images.npy").write_bytes(bytes(raw))
+    got = prepared_slices(*args)
+    assert not got[3].reused and torch.equal(got[0], want[0])
+    # truncated labels, broken index: rebuilt
+    (folder / "labels.npy").write_bytes((folder / "labels.npy").read_bytes()[:100])
+    assert not prepared_slices(*args)[3].reused
+    (folder / "index.json").write_text("{")
+    assert not prepared_slices(*args)[3].reused
+    assert prepared_slices(*args)[3].reused
+    # a killed writer's temporary folder is ignored, never read
+    (cache / f".{want[3].fingerprint[:16]}.abc.tmp").mkdir()
+    assert prepared_slices(*args)[3].reused and len(_folders(cache)) == 1
+
+
+def test_failed_write_leaves_no_folder(synth2d, make_config, tmp_path, monkeypatch, capsys):
+    from medkd.data import prepared
+
+    cache = tmp_path / "cache"
+    cfg = _cfg(make_config, synth2d, cache)
+    bundle = build_bundle(cfg)
+
+    def boom(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(prepared.np, "save", boom)
+    args = (cfg.data, bundle.index, bundle.split["train"], bundle.loaded_channels)
+    with pytest.raises(MedkdError, match="data.prepared_dir: cannot write.*No space left"):
+        prepared_slices(*args, must_write=True)
+    assert list(cache.iterdir()) == []
+    # a run goes on from memory with a note: the cache only saves time
+    images, _, _, info = prepared_slices(*args)
+    assert info.folder is None and images.shape[0] > 0
+    assert "note: data.prepared_dir: cannot write" in capsys.readouterr().err
+    assert list(cache.iterdir()) == []
+
+
+def test_cache_folder_defaults_and_refuses_the_dataset_folder(synth2d, make_config, tmp_path, monkeypatch):
+    cfg = _cfg(make_config, synth2d, tmp_path)
+    monkeypatch.setenv("MEDKD_CACHE", str(tmp_path / "env"))
+    assert cache_root(cfg.data.model_copy(update={"prepared_dir": None})) == tmp_path / "env" / "prepared"
+    monkeypatch.delenv("MEDKD_CACHE")
+    assert cache_root(cfg.data.model_copy(update={"prepared_dir": None})).parts[-3:] == (".cache", "medkd",
+                                                                                         "prepared")
+    inside = _cfg(make_config, synth2d, synth2d / "cache")
+    bundle = build_bundle(inside)
+    with pytest.raises(ConfigError, match="inside the dataset folder"):
+        prepared_slices(inside.data, bundle.index, bundle.split["train"], bundle.loaded_channels)
+    assert not (synth2d / "cache").exists()
+
+
+def test_cli_data_prepare_builds_then_reuses(synth2d, make_config, tmp_path, capsys):
+    import yaml
+
+    from medkd.cli import app, main
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(make_config(synth2d, data={"root": str(synth2d), "dim": 2, "size": [32, 32],
+                                                                "split": {"val": 0.2, "test": 0.2}})))
+    cache = tmp_path / "cache"
+    runner = CliRunner()
+    first = runner.invoke(app, ["data", "prepare", str(config), "--set", f"data.prepared_dir={cache}"])
+    assert first.exit_code == 0, first.output
+    (folder,) = _folders(cache)
+    assert str(folder) in first.output and "MiB (written)" in first.output
+    second = runner.invoke(app, ["data", "prepare", str(config), "--set", f"data.prepared_dir={cache}"])
+    assert second.exit_code == 0 and "(reused)" in second.output
+    assert main(["data", "prepare", str(config), "--set", "data.prepared=off"]) == 2
+    assert "data.prepared is off" in capsys.readouterr().err
+    assert parse_config(make_config(synth2d, data={"root": str(synth2d), "prepared": False})).data.prepared == "off"
