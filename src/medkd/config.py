@@ -165,7 +165,8 @@ class DataConfig(_Strict):
     unlabeled_ratio: float = Field(1.0, gt=0.0, le=8.0,
                                    description="unlabelled images per labelled image in every batch")
     prepared: Literal["auto", "off"] = "auto"
-    """2D: keep the prepared training slices in a fingerprinted cache and reuse them (off: prepare every run)"""
+    """2D: keep the prepared training slices in a fingerprinted cache and reuse them, and skip the data check of
+    a dataset that passed it with every file unchanged (off: prepare and check every run)"""
     prepared_dir: str | None = None
     """folder of the prepared-sample cache (default: $MEDKD_CACHE/prepared, else ~/.cache/medkd/prepared)"""
 

@@ -346,3 +346,41 @@ def test_real_datasets_check_clean(capsys, folder, n, channels, labels):
     values = ", ".join(str(v) for v in range(labels.count(",") + 1))
     assert f"values:   {values} (in label files)" in out
     assert "result:   usable" in out
+
+
+def _count_reads(monkeypatch) -> list:
+    import medkd.data.check as check_mod
+
+    reads: list = []
+    real = check_mod.read_image
+    monkeypatch.setattr(check_mod, "read_image", lambda path: (reads.append(path), real(path))[1])
+    return reads
+
+
+def test_ensure_usable_remembers_a_passed_dataset_until_a_file_changes(tmp_path, monkeypatch):
+    import os
+
+    root = nnunet(tmp_path / "ds", n=3)
+    memo = tmp_path / "memo"
+    reads = _count_reads(monkeypatch)
+    assert ensure_usable(root, memo=memo).ok and reads
+    reads.clear()
+    again = ensure_usable(root, memo=memo)
+    assert again.from_memo and again.ok and reads == []  # nothing read the second time
+    assert not ensure_usable(root, memo=memo, images_only={"c0"}).from_memo  # other options, other key
+    label = root / "labelsTr" / "c1.nii.gz"
+    st = label.stat()
+    os.utime(label, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    reads.clear()
+    assert not ensure_usable(root, memo=memo).from_memo and reads  # a touched file: read everything again
+    assert not ensure_usable(root).from_memo  # no memo folder: always read
+
+
+def test_ensure_usable_never_remembers_a_failed_check(tmp_path):
+    root = nnunet(tmp_path / "ds", n=3)
+    write_nifti(root / "labelsTr" / "c2.nii.gz", np.full((8, 8, 3), 9, np.uint8))
+    memo = tmp_path / "memo"
+    for _ in range(2):
+        with pytest.raises(DataError, match=r"c2\.nii\.gz"):
+            ensure_usable(root, memo=memo)
+    assert not memo.exists() or not any(memo.iterdir())

@@ -23,6 +23,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +37,12 @@ from tqdm.auto import tqdm
 
 from medkd.data.formats import Case, DatasetIndex, read_dataset, read_image, with_label_map
 from medkd.errors import DataError
+from medkd.io import atomic_write_json
 
 __all__ = ["AFFINE_TOLERANCE", "CheckReport", "check_case", "check_dataset", "ensure_usable"]
+
+#: Version of the passed-check memo key (bump when the check itself changes).
+MEMO_VERSION = 1
 
 #: Largest absolute difference (mm) between two affines that still counts as "the same grid".
 AFFINE_TOLERANCE = 1e-3
@@ -58,6 +66,7 @@ class CheckReport:
         absent: class name -> number of checked cases whose label lacks it.
         dtypes: on-disk image data types seen.
         problems: one line per problem, naming the file.
+        from_memo: the dataset was not read: it passed before and no file changed (:func:`ensure_usable`).
     """
 
     root: Path
@@ -75,6 +84,7 @@ class CheckReport:
     absent: dict[str, int] = field(default_factory=dict)
     dtypes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    from_memo: bool = False
 
     @property
     def ok(self) -> bool:
@@ -305,17 +315,46 @@ def check_dataset(root: str | Path, format: str = "auto", max_cases: int | None 
 
 
 def ensure_usable(root: str | Path, format: str = "auto", label_map: dict[int, int] | None = None,
-                  images_only: Collection[str] = (), progress: bool = False) -> CheckReport:
+                  images_only: Collection[str] = (), progress: bool = False, memo: Path | None = None
+                  ) -> CheckReport:
     """Run :func:`check_dataset` on every case and stop with the first problem (call before any training work).
 
     ``images_only``: cases checked without opening their label files (a run's images without labels).
+    ``memo``: a folder remembering datasets that passed: when every file of the dataset still has the size and
+    modification time it had then (and the label map and ``images_only`` are the same), the files are not read
+    again and the returned report has ``from_memo`` set. Only a passed check is remembered.
 
     Raises:
         DataError: ``"<first problem> (+N more problem(s); run 'medkd data check ROOT')"``.
     """
+    key = _memo_key(root, format, label_map, images_only) if memo is not None else None
+    if key is not None and (memo / f"{key}.json").is_file():
+        return CheckReport(root=Path(root), from_memo=True)
     report = check_dataset(root, format, label_map=label_map, images_only=images_only, progress=progress)
     if report.problems:
         n = len(report.problems) - 1
         more = f" (+{n} more problem(s); run 'medkd data check {root}')" if n else ""
         raise DataError(f"{report.problems[0]}{more}")
+    if key is not None:
+        with contextlib.suppress(OSError):  # the memo only saves time
+            atomic_write_json(memo / f"{key}.json", {"root": str(Path(root).resolve()), "n_cases": report.n_cases})
     return report
+
+
+def _memo_key(root: str | Path, format: str, label_map: dict[int, int] | None,
+              images_only: Collection[str]) -> str | None:
+    """sha256 of every file's path, size and modification time, and of the check's options (None: no memo)."""
+    try:
+        index = read_dataset(root, format, strict=False)
+    except DataError:
+        return None
+    if index.issues:
+        return None
+    facts: list[Any] = [MEMO_VERSION, str(Path(root).resolve()), index.format, sorted((label_map or {}).items()),
+                        sorted(images_only)]
+    for case in sorted(index.cases, key=lambda c: c.case_id):
+        files = [*case.image_files, *([case.label_file] if case.label_file is not None else [])]
+        for path in files:
+            st = os.stat(path)
+            facts.append([case.case_id, str(path), st.st_size, st.st_mtime_ns])
+    return hashlib.sha256(json.dumps(facts, default=str).encode()).hexdigest()

@@ -28,6 +28,7 @@ from medkd.data.augment import apply_ops, augment_batch
 from medkd.data.check import ensure_usable
 from medkd.data.loader import build_bundle, build_train_source, build_unlabeled_source, iter_indexed_batches
 from medkd.data.pipeline import prepare_cases
+from medkd.data.prepared import cache_root
 from medkd.errors import ConfigError, MedkdError
 from medkd.io import atomic_write_json
 from medkd.train.balance import TermBalancer, gradient_norms
@@ -120,8 +121,9 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
 
     bundle = build_bundle(cfg)
     left_out = bundle.meta.get("unlabeled", {}).get("left_out", [])  # their label files are never opened
+    memo = cache_root(cfg.data) / "checks" if cfg.data.prepared != "off" else None  # passed checks, by file stats
     ensure_usable(cfg.data.root, cfg.data.format, cfg.data.label_map, images_only=set(left_out),
-                  progress=cfg.train.progress and is_main)
+                  progress=cfg.train.progress and is_main, memo=memo)
     if state is not None:
         folder.check_resume_split(bundle)
 
