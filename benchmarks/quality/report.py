@@ -171,7 +171,7 @@ def render(result: dict[str, Any], labels: dict[str, str]) -> str:
 
 
 def write_report(raw_file: Path, out_dir: Path, tag: str | None = None) -> dict[str, Any]:
-    from run import ARM_BY_NAME, ARMS  # benchmarks/quality/run.py
+    from arms import ARM_BY_NAME, ARMS  # benchmarks/quality/arms.py
 
     raw = json.loads(Path(raw_file).read_text())
     result = build(raw, [a.name for a in ARMS if a.candidate], [a.name for a in ARMS])

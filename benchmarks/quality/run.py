@@ -26,18 +26,18 @@ volumes against the student alone, and the share of the teacher-student gap clos
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from arms import ARM_BY_NAME, ARMS, Arm, merge  # benchmarks/quality/arms.py (beside this file)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -46,64 +46,6 @@ TEACHER_MODEL = {"name": "monai.UNet",
                  "kwargs": {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 2}}
 FIXTURE = HERE / "fixtures" / "teacher_unet16_acdc128.safetensors"
 
-# --- arms ---------------------------------------------------------------------------------------------------------
-UNLABELED = {"data": {"unlabeled_left_out": True, "unlabeled_ratio": 1.0}}
-PSEUDO = {"pseudo_label": {"weight": 1.0, "threshold": 0.9}}
-BALANCE = {"balance": {"target": 1.0, "mode": "cap", "every": 10}}
-
-
-def _kd(terms: list[dict[str, Any]], *extra: dict[str, Any]) -> dict[str, Any]:
-    return {"distill": _merge({"terms": terms}, *extra)}
-
-
-KL1 = [{"loss": "logits_kl", "weight": 1.0, "temperature": 1.0}]
-KL4 = [{"loss": "logits_kl", "weight": 0.5, "temperature": 4.0}]
-CWD = [{"loss": "cwd", "weight": 3.0, "temperature": 1.0}]
-DIST = [{"loss": "dist", "weight": 1.0, "temperature": 1.0}]
-
-
-@dataclass(frozen=True)
-class Arm:
-    name: str
-    label: str
-    priority: int
-    overrides: dict[str, Any] = field(default_factory=dict)
-    candidate: bool = False  # a recipe candidate (the recipe is chosen among them on validation)
-
-
-def _merge(*parts: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for part in parts:
-        out = _deep_merge(out, part)
-    return out
-
-
-def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(a)
-    for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
-
-# Priorities: 0 the baseline, 1 the recipe candidates (unlabelled images + pseudo-labels + balance cap), 2 the
-# upper control, 3 the classics on labelled images as published, 4 what separates the recipe's ingredients.
-ARMS = [
-    Arm("alone", "student alone (50%)", 0),
-    Arm("rec_kl1", "KL T=1 + unlabelled + pseudo-labels (balanced)", 1,
-        _merge(UNLABELED, _kd(KL1, PSEUDO, BALANCE)), True),
-    Arm("rec_cwd", "CWD T=1 + unlabelled + pseudo-labels (balanced)", 1,
-        _merge(UNLABELED, _kd(CWD, PSEUDO, BALANCE)), True),
-    Arm("rec_dist", "DIST + unlabelled + pseudo-labels (balanced)", 1,
-        _merge(UNLABELED, _kd(DIST, PSEUDO, BALANCE)), True),
-    Arm("alone100", "student alone (100%, upper control)", 2, {"data": {"train_fraction": 1.0}}),
-    Arm("kl1", "logits KL T=1 w=1", 3, _kd(KL1)),
-    Arm("kl4", "logits KL T=4 w=0.5", 3, _kd(KL4)),
-    Arm("cwd", "CWD T=1 w=3", 3, _kd(CWD)),
-    Arm("dist", "DIST T=1 w=1", 3, _kd(DIST)),
-    Arm("rec_kl4", "KL T=4 + unlabelled + pseudo-labels (balanced)", 4, _merge(UNLABELED, _kd(KL4, PSEUDO, BALANCE))),
-    Arm("kl1_u", "KL T=1 + unlabelled (no pseudo-labels, no balance)", 4, _merge(UNLABELED, _kd(KL1))),
-]
-ARM_BY_NAME = {a.name: a for a in ARMS}
 
 
 def base_config(data: Path, epochs: int, threads: int, steps_per_epoch: int | None = None) -> dict[str, Any]:
@@ -130,7 +72,7 @@ def teacher_config(data: Path, epochs: int, threads: int, steps_per_epoch: int |
 
 def run_config(arm: Arm, student: str, seed: int, args: argparse.Namespace, teacher: dict[str, Any]
                ) -> dict[str, Any]:
-    cfg = _merge({"name": f"{student}-{arm.name}-s{seed}", "seed": seed, "model": {"name": student}},
+    cfg = merge({"name": f"{student}-{arm.name}-s{seed}", "seed": seed, "model": {"name": student}},
                  base_config(args.data, args.epochs, args.threads, args.steps_per_epoch), arm.overrides)
     if "distill" in cfg:
         cfg["distill"] = {"teacher": teacher, "cache": True, **cfg["distill"]}

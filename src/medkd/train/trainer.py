@@ -121,7 +121,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
 
     bundle = build_bundle(cfg)
     left_out = bundle.meta.get("unlabeled", {}).get("left_out", [])  # their label files are never opened
-    memo = cache_root(cfg.data) / "checks" if cfg.data.prepared != "off" else None  # passed checks, by file stats
+    memo = cache_root(cfg.data) / ".checks" if cfg.data.prepared != "off" else None  # passed checks, by file stats
     ensure_usable(cfg.data.root, cfg.data.format, cfg.data.label_map, images_only=set(left_out),
                   progress=cfg.train.progress and is_main, memo=memo)
     if state is not None:

@@ -1,0 +1,65 @@
+"""The arms of the quality benchmark: what each adds to the student-alone run config (see ``run.py``)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+UNLABELED = {"data": {"unlabeled_left_out": True, "unlabeled_ratio": 1.0}}
+PSEUDO = {"pseudo_label": {"weight": 1.0, "threshold": 0.9}}
+BALANCE = {"balance": {"target": 1.0, "mode": "cap", "every": 10}}
+
+
+def _kd(terms: list[dict[str, Any]], *extra: dict[str, Any]) -> dict[str, Any]:
+    return {"distill": merge({"terms": terms}, *extra)}
+
+
+KL1 = [{"loss": "logits_kl", "weight": 1.0, "temperature": 1.0}]
+KL4 = [{"loss": "logits_kl", "weight": 0.5, "temperature": 4.0}]
+CWD = [{"loss": "cwd", "weight": 3.0, "temperature": 1.0}]
+DIST = [{"loss": "dist", "weight": 1.0, "temperature": 1.0}]
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    label: str
+    priority: int
+    overrides: dict[str, Any] = field(default_factory=dict)
+    candidate: bool = False  # a recipe candidate (the recipe is chosen among them on validation)
+
+
+def merge(*parts: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for part in parts:
+        out = _deepmerge(out, part)
+    return out
+
+
+def _deepmerge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        out[k] = _deepmerge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+# Priorities: 0 the baseline, 1 the recipe candidates (unlabelled images + pseudo-labels + balance cap), 2 the
+# upper control, 3 the classics on labelled images as published, 4 what separates the recipe's ingredients.
+ARMS = [
+    Arm("alone", "student alone (50%)", 0),
+    Arm("rec_kl1", "KL T=1 + unlabelled + pseudo-labels (balanced)", 1,
+        merge(UNLABELED, _kd(KL1, PSEUDO, BALANCE)), True),
+    Arm("rec_cwd", "CWD T=1 + unlabelled + pseudo-labels (balanced)", 1,
+        merge(UNLABELED, _kd(CWD, PSEUDO, BALANCE)), True),
+    Arm("rec_dist", "DIST + unlabelled + pseudo-labels (balanced)", 1,
+        merge(UNLABELED, _kd(DIST, PSEUDO, BALANCE)), True),
+    Arm("alone100", "student alone (100%, upper control)", 2, {"data": {"train_fraction": 1.0}}),
+    Arm("kl1", "logits KL T=1 w=1", 3, _kd(KL1)),
+    Arm("kl4", "logits KL T=4 w=0.5", 3, _kd(KL4)),
+    Arm("cwd", "CWD T=1 w=3", 3, _kd(CWD)),
+    Arm("dist", "DIST T=1 w=1", 3, _kd(DIST)),
+    Arm("rec_kl4", "KL T=4 + unlabelled + pseudo-labels (balanced)", 4, merge(UNLABELED, _kd(KL4, PSEUDO, BALANCE))),
+    Arm("kl1_u", "KL T=1 + unlabelled (no pseudo-labels, no balance)", 4, merge(UNLABELED, _kd(KL1))),
+]
+ARM_BY_NAME = {a.name: a for a in ARMS}
