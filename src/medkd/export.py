@@ -58,7 +58,6 @@ __all__ = [
     "read_export_info",
     "resolve_onnx_export",
     "sidecar_path",
-    "training_progress",
     "unfinished_warning",
 ]
 
@@ -366,39 +365,11 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def training_progress(run_dir: str | Path, planned_epochs: int | None = None) -> dict[str, Any]:
-    """How far a run folder's training got (the same fields as ``evaluation/summary.json`` records).
-
-    Args:
-        run_dir: a run folder.
-        planned_epochs: ``train.epochs`` of its config (read from ``config.yaml`` when not given).
-
-    Returns:
-        ``{"epoch": epoch of best.safetensors (the weights exported), "last_epoch": completed epochs
-        (checkpoints/last.json), "epochs": planned epochs, "finished": bool}``; epochs the files do not state are
-        None. A run is finished when ``train_summary.json`` exists and ``last_epoch`` reached ``epochs``.
-    """
-    run_dir = Path(run_dir)
-    if planned_epochs is None:
-        from medkd.config import load_config
-
-        planned_epochs = load_config(run_dir / "config.yaml").train.epochs
-
-    def epoch_in(path: Path) -> int | None:
-        try:
-            value = json.loads(path.read_text()).get("epoch")
-        except (OSError, ValueError, AttributeError):
-            return None
-        return value if isinstance(value, int) else None
-
-    last = epoch_in(run_dir / "checkpoints" / "last.json")
-    finished = (run_dir / "train_summary.json").is_file() and (last is None or last >= planned_epochs)
-    return {"epoch": epoch_in(run_dir / "checkpoints" / "best.json"), "last_epoch": last,
-            "epochs": int(planned_epochs), "finished": bool(finished)}
-
-
 def unfinished_warning(run_dir: str | Path, progress: dict[str, Any], doing: str = "exporting") -> str | None:
-    """A one-line warning for an unfinished run (see :func:`training_progress`), None for a finished one."""
+    """A one-line warning for an unfinished run, None for a finished one.
+
+    ``progress``: :func:`medkd.train.run_folder.training_progress` of the run (or an export sidecar's copy).
+    """
     if progress.get("finished", True):  # finished, or a sidecar written before medkd recorded it
         return None
     done = "no" if progress.get("last_epoch") is None else progress["last_epoch"]
@@ -413,8 +384,8 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
     Only the network is exported (distillation adapters and heads are in the separate extras file). The
     example input is ``(1, in_channels, *data.size)`` of the run; a JSON sidecar ``<file>.json`` records the
     input name and shape, classes, label values, channels, preprocessing, ``data.size``, ``dim``, versions and
-    how far training got (:func:`training_progress`: ``epoch`` of the weights, ``last_epoch``, ``epochs``,
-    ``finished``; an unfinished run exports too, and ``medkd export`` warns).
+    how far training got (:func:`medkd.train.run_folder.training_progress`: ``epoch`` of the weights,
+    ``last_epoch``, ``epochs``, ``finished``; an unfinished run exports too, and ``medkd export`` warns).
     The file and its sidecar are written together or not at all (:func:`medkd.io.staged_files`).
 
     Args:
@@ -432,7 +403,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
     """
     import medkd
     from medkd.predict import run_label_values
-    from medkd.train.run_folder import load_run_model
+    from medkd.train.run_folder import load_run_model, training_progress
 
     if fmt not in EXPORT_FORMATS:
         raise unknown_name_error("export format", fmt, list(EXPORT_FORMATS))

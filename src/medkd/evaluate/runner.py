@@ -26,35 +26,14 @@ from medkd.errors import MedkdError
 from medkd.evaluate.metrics import HD95, case_metrics, summarize, write_per_case_csv
 from medkd.inference import predict_volume
 from medkd.io import atomic_write_json
-from medkd.train.run_folder import load_run_model
+from medkd.train.run_folder import load_run_model, training_progress
 
-__all__ = ["evaluate_run", "evaluation_dir", "run_progress", "spacing_from_affine"]
+__all__ = ["evaluate_run", "evaluation_dir", "spacing_from_affine"]
 
 
 def spacing_from_affine(affine: np.ndarray) -> list[float]:
     """Voxel size per array axis from a 4x4 affine."""
     return [float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)]
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def run_progress(run_dir: str | Path, epochs: int) -> dict[str, Any]:
-    """How far a run's training got: ``{"epoch": best epoch (the weights evaluated), "last_epoch", "finished"}``.
-
-    A run is finished when ``train_summary.json`` exists and ``checkpoints/last.json`` reached ``epochs``
-    (``train.epochs`` of its config); epochs are ``None`` where the files do not say.
-    """
-    ckpt = Path(run_dir) / "checkpoints"
-    best = _read_json(ckpt / "best.json") or {}
-    last = _read_json(ckpt / "last.json") or {}
-    last_epoch = last.get("epoch")
-    finished = (Path(run_dir) / "train_summary.json").is_file() and (last_epoch is None or last_epoch >= epochs)
-    return {"epoch": best.get("epoch"), "last_epoch": last_epoch, "finished": bool(finished)}
 
 
 def evaluation_dir(run_dir: Path, split: str) -> Path:
@@ -71,7 +50,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, device: str | No
     """
     run_dir = Path(run_dir)
     model, cfg = load_run_model(run_dir)
-    progress_info = run_progress(run_dir, cfg.train.epochs)
+    progress_info = training_progress(run_dir, cfg.train.epochs)
     if not progress_info["finished"]:
         done = "no" if progress_info["last_epoch"] is None else str(progress_info["last_epoch"])
         print(f"warning: {run_dir}: training has not finished ({done} of {cfg.train.epochs} epochs); evaluating "

@@ -261,3 +261,32 @@ def load_teacher(tcfg: TeacherConfig, in_channels: int, num_classes: int, dim: i
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
+
+
+def training_progress(run_dir: str | Path, planned_epochs: int | None = None) -> dict[str, Any]:
+    """How far a run folder's training got (recorded by evaluations and exports; one rule for both).
+
+    Args:
+        run_dir: a run folder.
+        planned_epochs: ``train.epochs`` of its config (read from ``config.yaml`` when not given).
+
+    Returns:
+        ``{"epoch": epoch of best.safetensors (the weights exported), "last_epoch": completed epochs
+        (checkpoints/last.json), "epochs": planned epochs, "finished": bool}``; epochs the files do not state are
+        None. A run is finished when ``train_summary.json`` exists and ``last_epoch`` reached ``epochs``.
+    """
+    run_dir = Path(run_dir)
+    if planned_epochs is None:
+        planned_epochs = load_config(run_dir / "config.yaml").train.epochs
+
+    def epoch_in(path: Path) -> int | None:
+        try:
+            value = json.loads(path.read_text()).get("epoch")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return value if isinstance(value, int) else None
+
+    last = epoch_in(run_dir / "checkpoints" / "last.json")
+    finished = (run_dir / "train_summary.json").is_file() and (last is None or last >= planned_epochs)
+    return {"epoch": epoch_in(run_dir / "checkpoints" / "best.json"), "last_epoch": last,
+            "epochs": int(planned_epochs), "finished": bool(finished)}
