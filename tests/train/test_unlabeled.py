@@ -294,3 +294,14 @@ def test_balance_caps_a_huge_term(synth2d, teacher_run, tmp_path, make_config):
     train(parse_config(data), tmp_path / "unbalanced", device="cpu")
     raw = _steps(tmp_path / "unbalanced")[0]
     assert raw[f"gn/{KD}"] > 20 * raw["gn/seg"]
+
+
+def test_a_term_that_reads_the_ground_truth_is_refused_with_images_without_labels(synth2d, teacher_run, tmp_path,
+                                                                                  make_config):
+    cfg = parse_config(_kd_dict(make_config, synth2d, teacher_run,
+                                data={"train_fraction": 0.5, "unlabeled_left_out": True}))
+    cfg.distill.terms.append({"loss": "region_affinity", "weight": 0.1, "tap": "decoder"})
+    with pytest.raises(ConfigError, match=r"data\.unlabeled: distill\.terms\[1\] \(region_affinity\) reads the "
+                                          r"ground truth"):
+        train(cfg, tmp_path / "run", device="cpu")
+    assert not (tmp_path / "run").exists()  # found before any data was read or anything written

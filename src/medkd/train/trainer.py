@@ -354,15 +354,17 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
                        None if best_val is None or not math.isfinite(best_val) else float(best_val), final_loss)
 
 
-def check_distill_terms(terms: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+def check_distill_terms(terms: list[dict[str, Any]], without_labels: bool = False) -> tuple[list[str], list[str]]:
     """Check every ``distill.terms`` entry against the loss registry, without building any network.
+
+    ``without_labels``: the run distils on images without labels, so no term may read the ground truth.
 
     Returns:
         The student and teacher tap names the terms need (``logits`` included), sorted.
 
     Raises:
         ConfigError: naming ``distill.terms[i]``: no ``loss`` key, an unknown loss or option, a bad option value
-            or weight.
+            or weight, or a term that needs labels when ``without_labels``.
     """
     from medkd.distill.losses import create_loss
     from medkd.distill.objective import DistillObjective
@@ -380,6 +382,9 @@ def check_distill_terms(terms: list[dict[str, Any]]) -> tuple[list[str], list[st
                 raise ConfigError(f"{where}: {exc}") from None
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{where} ({spec['loss']}): {str(exc).splitlines()[0]}") from None
+            if without_labels and loss.needs_label:
+                raise ConfigError(f"data.unlabeled: {where} ({spec['loss']}) reads the ground truth, which images "
+                                  "without labels do not have; drop it or distill on labelled images only")
             student.update(loss.student_taps)
             teacher.update(loss.teacher_taps)
         DistillObjective.from_config(terms)  # weights and names
@@ -401,18 +406,8 @@ def check_before_data(cfg: RunConfig, world_size: int = 1) -> tuple[list[str], l
     if cfg.distill is None:
         return [], []
     check_teacher_source(cfg.distill.teacher)
-    s_taps, t_taps = check_distill_terms(cfg.distill.terms)
     uses_unlabeled = cfg.data.unlabeled is not None or cfg.data.unlabeled_left_out
-    if uses_unlabeled and cfg.distill.terms:
-        from medkd.distill.losses import create_loss
-
-        with torch.random.fork_rng(devices=[]):
-            needs_label = any(create_loss(str(t["loss"]), **{k: v for k, v in t.items()
-                                                              if k not in ("loss", "weight", "name")}).needs_label
-                              for t in cfg.distill.terms)
-        if needs_label:
-            raise ConfigError("data.unlabeled: a distillation term reads the ground truth, which images without "
-                              "labels do not have; drop it or distill on labelled images only")
+    s_taps, t_taps = check_distill_terms(cfg.distill.terms, without_labels=uses_unlabeled)
     if cfg.distill.balance is not None and world_size > 1:
         raise ConfigError("distill.balance: not available with more than one process yet (the per-term gradient "
                           "norms are measured outside DDP); drop it or train in one process")
