@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
+
+from medkd.config import deep_merge
 
 UNLABELED = {"data": {"unlabeled_left_out": True, "unlabeled_ratio": 1.0}}
 PSEUDO = {"pseudo_label": {"weight": 1.0, "threshold": 0.9}}
@@ -31,16 +32,10 @@ class Arm:
 
 
 def merge(*parts: dict[str, Any]) -> dict[str, Any]:
+    """The parts merged in order (mappings key by key, anything else replaced)."""
     out: dict[str, Any] = {}
     for part in parts:
-        out = _deepmerge(out, part)
-    return out
-
-
-def _deepmerge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(a)
-    for k, v in b.items():
-        out[k] = _deepmerge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+        out = deep_merge(out, part)
     return out
 
 

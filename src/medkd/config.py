@@ -38,6 +38,7 @@ __all__ = [
     "TeacherConfig",
     "TrainConfig",
     "apply_overrides",
+    "deep_merge",
     "load_config",
     "parse_config",
     "save_config",
@@ -423,6 +424,17 @@ def _parse_scalar(text: str, item: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         raise ConfigError(f"--set {item}: the value is not valid YAML (quote it, e.g. key='[a, b]')") from None
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``base`` with ``over`` merged in (mappings merged key by key, anything else replaced)."""
+    out = copy.deepcopy(base)
+    for key, value in (over or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:

@@ -15,7 +15,6 @@ labelled images alone, without the pseudo-label term, and says so.
 
 from __future__ import annotations
 
-import copy
 import math
 from importlib import resources
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from medkd.config import RunConfig, apply_overrides, parse_config
+from medkd.config import RunConfig, apply_overrides, deep_merge, parse_config
 from medkd.errors import ConfigError, MedkdError
 from medkd.io import atomic_write_json
 
@@ -36,14 +35,6 @@ def recipe_overlay() -> dict[str, Any]:
     """The packaged recipe (``presets/recommended/distill.yaml``) as a config fragment."""
     text = resources.files("medkd.presets").joinpath("recommended", "distill.yaml").read_text()
     return yaml.safe_load(text)
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
-            else copy.deepcopy(value)
-    return out
 
 
 def recipe_configs(student: dict[str, Any], teacher_run: str | Path, source: str = "config"
@@ -65,7 +56,7 @@ def recipe_configs(student: dict[str, Any], teacher_run: str | Path, source: str
                      "distilling on the labelled images only, without the pseudo-label term")
     alone = dict(student, name=f"{student.get('name', 'student')}-alone",
                  data={k: v for k, v in data.items() if not k.startswith("unlabeled")})  # images with labels only
-    distilled = _merge(dict(student, name=f"{student.get('name', 'student')}-distilled"), overlay)
+    distilled = deep_merge(dict(student, name=f"{student.get('name', 'student')}-distilled"), overlay)
     return parse_config(alone, source), parse_config(distilled, source), notes
 
 

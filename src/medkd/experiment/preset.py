@@ -34,7 +34,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from medkd.config import parse_config
+from medkd.config import deep_merge, parse_config
 from medkd.errors import ConfigError, unknown_name_error
 
 __all__ = [
@@ -222,17 +222,6 @@ def parse_preset(data: Any, source: str = "preset") -> ExperimentPreset:
         return ExperimentPreset.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_error(err, source)) from None
-
-
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``base`` with ``over`` merged in (mappings merged key by key, anything else replaced)."""
-    out = copy.deepcopy(base)
-    for key, value in (over or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 @dataclass
