@@ -4,16 +4,18 @@
 # DATA: the compact ACDC copy (medkd data compact ../shared/data/acdc DATA --size 128x128); OUT: where raw.json,
 # the teacher's weights and runs.tgz (logs, configs, per-epoch records, summaries) are written. USE_MPS=1 starts
 # CUDA MPS first (many small runs on one GPU ran about 3x faster with it); WHEELS=DIR installs the wheels in DIR
-# into /tmp/site first (for a machine without medkd's dependencies).
+# into a scratch folder first (for a machine without medkd's dependencies).
 set -o pipefail
 DATA=$1; OUT=$2; HARD=$3; shift 3
 mkdir -p "$OUT"
+SCRATCH=$(mktemp -d)  # wheels, MPS pipes and (unless WORK is set) the run folders
 if [ -n "$WHEELS" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl || exit 3
-  export PYTHONPATH=/tmp/site:$PWD/src
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SCRATCH/site" \
+    "$WHEELS"/*.whl || exit 3
+  export PYTHONPATH=$SCRATCH/site:$PWD/src
 fi
 export PYTHONUNBUFFERED=1
-WORK=${WORK:-/tmp/quality_work}; mkdir -p "$WORK"
+WORK=${WORK:-$SCRATCH/work}; mkdir -p "$WORK"
 python3 - "$WORK" <<'PY'
 import json, os, sys, platform, torch
 gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
@@ -23,7 +25,8 @@ json.dump({"gpu": gpu, "cpu": f"{platform.machine()}, {os.cpu_count()} cores", "
 print("machine:", gpu, torch.__version__)
 PY
 if [ -n "$USE_MPS" ]; then
-  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mpslog; mkdir -p /tmp/mps /tmp/mpslog
+  export CUDA_MPS_PIPE_DIRECTORY=$SCRATCH/mps CUDA_MPS_LOG_DIRECTORY=$SCRATCH/mpslog
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
   if nvidia-cuda-mps-control -d && timeout 20 python3 -c "import torch; torch.zeros(1).cuda().sum().item()"; then
     echo "MPS on"
   else
