@@ -182,3 +182,20 @@ def test_validation_collapse_quiet_otherwise():
 def test_validation_collapse_ignores_a_run_that_is_still_improving():
     assert validation_collapse(0.8, [0.5, 0.6, 0.7, 0.8]) is None
     assert validation_collapse(0.8, [0.2, 0.4, 0.6, 0.8]) is None
+
+
+@pytest.mark.parametrize(("scores", "flagged"), [([0.8, 0.5, 0.5, 0.5], True), ([0.5, 0.6, 0.7, 0.8], False)])
+def test_train_summary_records_a_collapse_from_the_run_history(synth2d, make_run_config, tmp_path, monkeypatch,
+                                                               scores, flagged):
+    import json
+
+    import medkd.train.trainer as trainer_mod
+
+    given = iter(scores)
+    monkeypatch.setattr(trainer_mod, "validate", lambda *args, **kwargs: next(given))
+    cfg = make_run_config(synth2d, train={"epochs": 4, "batch_size": 4, "val_every": 1, "threads": 1,
+                                          "max_steps_per_epoch": 1})
+    trainer_mod.train(cfg, tmp_path / "run", device="cpu")
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert (summary["val_collapse"] is not None) == flagged
+    assert summary["best"]["val_dice"] == max(scores)

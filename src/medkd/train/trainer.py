@@ -258,7 +258,6 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
         teacher=_compiled(teacher, cfg.train.compile) if t_tapper is not None else None,
         objective=objective, seg_loss=seg_loss, s_tapper=s_tapper, t_tapper=t_tapper, optimizer=optimizer,
         ascent_opt=ascent_opt, dev=dev, world_size=world_size, scaler=scaler, balancer=balancer)
-    val_history: list[float] = []
     for epoch in range(start_epoch, cfg.train.epochs):
         student.train()
         if objective is not None:
@@ -315,7 +314,6 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
         if do_val:
             val = validate(student, val_cases, cfg, bundle.num_classes, dev)
             record["val_dice"] = val
-            val_history.append(val)
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step(val)
             if best["epoch"] is None or (math.isfinite(val) and val > best["val_dice"]):
@@ -340,10 +338,10 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, device: str | Non
             if cfg.train.progress:
                 val_txt = f" val Dice {record['val_dice']:.4f}" if "val_dice" in record else ""
                 tqdm.write(f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}: loss {final_loss:.4f}{val_txt}")
-    collapse = validation_collapse(best.get("val_dice"), _read_val_history(folder) if start_epoch else val_history)
-    if collapse and is_main:
-        tqdm.write(f"warning: {cfg.name}: {collapse}")
-    if is_main:
+    if is_main:  # the whole validation history, resumed runs included, is in metrics.jsonl
+        collapse = validation_collapse(best.get("val_dice"), _read_val_history(folder))
+        if collapse:
+            tqdm.write(f"warning: {cfg.name}: {collapse}")
         atomic_write_json(folder.path / "train_summary.json", {
             "epochs": cfg.train.epochs, "steps": step, "best": best, "final_train_loss": final_loss,
             "train_seconds": round(time.time() - t_start, 2), "device": str(dev), "world_size": world_size,
