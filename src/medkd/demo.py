@@ -50,7 +50,6 @@ def demo_config(which: str, data_root: Path, teacher_run: Path | None, quick: bo
         data["train"]["batch_size"] = 4
         data["train"]["progress"] = False
     if which == "distilled":  # the student's config plus medkd's recommended recipe
-        data["name"] = "distilled"
         return resolve_paths(recipe_configs(data, teacher_run, source="demo/student.yaml + recipe")[1])
     return resolve_paths(parse_config(data, source=f"demo/{which}.yaml"))
 
