@@ -18,7 +18,7 @@ from medkd.data.nifti_io import read_nifti
 from medkd.errors import MedkdError
 from medkd.export import OnnxPredictor, export_onnx, export_run, export_torchscript, read_export_info, sidecar_path
 from medkd.models import create_model, list_models
-from medkd.train.run_folder import load_run_model
+from medkd.run import load_run_model
 from medkd.train.trainer import train
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")

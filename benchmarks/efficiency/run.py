@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from medkd.measure.machine import load_average, machine_info
 from medkd.models import list_models
-from medkd.models.efficiency import FLOP_COUNTING, machine_info, measure, render_markdown
+from medkd.models.efficiency import FLOP_COUNTING, measure, render_markdown
 
 HERE = Path(__file__).resolve().parent
 
@@ -41,19 +41,12 @@ SHARED_CPU_NOTE = (
 )
 
 
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:  # pragma: no cover - not on every platform
-        return None
-
-
 def run_table(
     dims: int, size: tuple[int, ...], repeats_student: int, repeats_teacher: int, warmup: int, threads: int | None
 ) -> dict:
     """Measure every zoo model of ``dims`` spatial dimensions at ``size``."""
     names = list_models(spatial_dims=dims)
-    load_before = _loadavg()
+    load_before = load_average()
     rows = []
     for name in names:
         t0 = time.perf_counter()
@@ -75,7 +68,7 @@ def run_table(
         "machine": machine_info(),
         "timing_threads": threads if threads is not None else torch.get_num_threads(),
         "load_average_before": load_before,
-        "load_average_after": _loadavg(),
+        "load_average_after": load_average(),
         "note": SHARED_CPU_NOTE,
         "rows": rows,
     }
@@ -111,17 +104,21 @@ def main(argv: list[str] | None = None) -> int:
             out_dir.mkdir(parents=True, exist_ok=True)
             stem = out_dir / f"efficiency_{dims}d"
             stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-            md = render_markdown(
-                result["rows"],
-                title=f"Model zoo efficiency, {dims}D, input {result['input']}, 2 classes",
-                machine=result["machine"],
-                note=f"{SHARED_CPU_NOTE} Timed with {result['timing_threads']} torch thread(s) (column threads). "
-                f"Load average (1, 5, 15 min) before: {result['load_average_before']}, "
-                f"after: {result['load_average_after']}. Regenerate with `python benchmarks/efficiency/run.py`.",
-            )
-            stem.with_suffix(".md").write_text(md, encoding="utf-8")
+            stem.with_suffix(".md").write_text(render(result, dims), encoding="utf-8")
             print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')}")
     return 0
+
+
+def render(result: dict, dims: int) -> str:
+    """The markdown report of one :func:`run_table` result."""
+    return render_markdown(
+        result["rows"],
+        title=f"Model zoo efficiency, {dims}D, input {result['input']}, 2 classes",
+        machine=result["machine"],
+        note=f"{SHARED_CPU_NOTE} Timed with {result['timing_threads']} torch thread(s) (column threads). "
+        f"Load average (1, 5, 15 min) before: {result['load_average_before']}, "
+        f"after: {result['load_average_after']}. Regenerate with `python benchmarks/efficiency/run.py`.",
+    )
 
 
 if __name__ == "__main__":

@@ -27,14 +27,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import resource
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+import torch
+
+from medkd.distill.losses import create_loss
+from medkd.measure.machine import machine_info as measure_machine_info
+from medkd.measure.memory import rusage_peak_mib
+from medkd.measure.tables import markdown_table
+from medkd.measure.timing import summarize, time_ms
 
 HERE = Path(__file__).resolve().parent
 
@@ -60,15 +63,8 @@ SHAPES = {
 CLASSES, STUDENT_CH, TEACHER_CH, REDUCTION = 4, 32, 64, 8
 
 
-def _maxrss_mib() -> float:
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024.0 if sys.platform != "darwin" else kb / 1024.0 / 1024.0
-
-
 def make_inputs(batch: int, spatial: tuple[int, ...]):
     """Random tapped dicts and a batch with a label map, at the documented shapes."""
-    import torch
-
     feat_sp = tuple(max(1, s // REDUCTION) for s in spatial)
     student = {
         "logits": torch.randn(batch, CLASSES, *spatial, requires_grad=True),
@@ -83,8 +79,6 @@ def make_inputs(batch: int, spatial: tuple[int, ...]):
 
 def saved_for_backward_mib(loss, student, teacher, batch) -> float:
     """Exact size of the tensors autograd keeps for backward (unique storages, inputs excluded)."""
-    import torch
-
     inputs = {t.untyped_storage().data_ptr() for d in (student, teacher, batch) for t in d.values()}
     saved: dict[int, int] = {}
 
@@ -102,10 +96,6 @@ def saved_for_backward_mib(loss, student, teacher, batch) -> float:
 
 def worker(term: str, dim: str, scale: str, repeats: int, budget_s: float) -> dict:
     """Run one term in this process and return its measurements."""
-    import torch
-
-    from medkd.distill.losses import create_loss
-
     torch.manual_seed(0)
     batch, spatial = SHAPES[scale][dim]
     student, teacher, label = make_inputs(batch, spatial)
@@ -114,21 +104,20 @@ def worker(term: str, dim: str, scale: str, repeats: int, budget_s: float) -> di
     loss.setup(student, teacher)
     params = list(loss.parameters())
 
-    def step(s, t, b) -> float:
-        for x in list(s.values()) + params:
+    def clear_grads() -> None:
+        for x in list(student.values()) + params:
             x.grad = None
-        start = time.perf_counter()
-        value = loss(s, t, b)
-        value.backward()
-        return time.perf_counter() - start
+
+    def step() -> None:
+        loss(student, teacher, label).backward()
 
     # one pass on small inputs first, so one-time lazy initialisation is not counted as the term's memory
-    step(*make_inputs(2, tuple(8 * max(1, s // 16) for s in spatial)))
-    rss_before = _maxrss_mib()
-    warm = step(student, teacher, label)
+    loss(*make_inputs(2, tuple(8 * max(1, s // 16) for s in spatial))).backward()
+    rss_before = rusage_peak_mib()
+    warm = time_ms(step, 1, before=clear_grads)[0] / 1e3
     n = max(1, min(repeats, int(budget_s / max(warm, 1e-6))))
-    times = [step(student, teacher, label) for _ in range(n)]
-    peak = _maxrss_mib() - rss_before
+    stats = summarize([t / 1e3 for t in time_ms(step, n, before=clear_grads)])
+    peak = rusage_peak_mib() - rss_before
     return {
         "term": term,
         "loss": name,
@@ -140,31 +129,23 @@ def worker(term: str, dim: str, scale: str, repeats: int, budget_s: float) -> di
         "extra_params": sum(p.numel() for p in params),
         "warmup_s": warm,
         "repeats": n,
-        "median_s": statistics.median(times),
-        "min_s": min(times),
+        "median_s": stats["median"],
+        "min_s": stats["min"],
         "peak_rss_delta_mib": round(peak, 1),
         "saved_for_backward_mib": round(saved_for_backward_mib(loss, student, teacher, label), 1),
     }
 
 
 def machine_info() -> dict:
-    import torch
-
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """The fields of :func:`medkd.measure.machine_info` this benchmark records, and a note on the shared CPU."""
+    m = measure_machine_info()
     return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "platform": m["platform"],
+        "python": m["python"],
+        "torch": m["torch"],
+        "cpu": m["cpu"],
+        "cpu_count": m["logical_cores"],
+        "torch_threads": m["torch_threads"],
         "note": "CPU shared with other concurrent jobs while measuring: times are indicative, not isolated",
     }
 
@@ -181,38 +162,23 @@ def render_md(result: dict) -> str:
         "",
         "Shapes: " + result["shapes_note"],
         "",
-        "| term | dim | median fwd+bwd (ms) | min (ms) | repeats | peak RSS growth (MiB) | saved for backward (MiB) "
-        "| extra params |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in result["results"]:
-        if "error" in r:
-            lines.append(f"| {r['term']} | {r['dim']} | error: {r['error']} | | | | | |")
-            continue
-        lines.append(
-            f"| {r['term']} | {r['dim']} | {1000 * r['median_s']:.1f} | {1000 * r['min_s']:.1f} | {r['repeats']} | "
-            f"{r['peak_rss_delta_mib']:.1f} | {r['saved_for_backward_mib']:.1f} | {r['extra_params']} |"
-        )
+    head = ["term", "dim", "median fwd+bwd (ms)", "min (ms)", "repeats", "peak RSS growth (MiB)",
+            "saved for backward (MiB)", "extra params"]
+    lines += markdown_table(head, [_cells(r) for r in result["results"]], "ll" + "r" * 6)
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=sorted(SHAPES), default="full")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--budget", type=float, default=40.0, help="seconds of timed repeats per term at most")
-    parser.add_argument("--passes", type=int, default=2, help="independent passes; the lowest median is kept")
-    parser.add_argument("--terms", nargs="*", default=list(TERMS), choices=list(TERMS))
-    parser.add_argument("--dims", nargs="*", default=["2d", "3d"], choices=["2d", "3d"])
-    parser.add_argument("--out-dir", type=Path, default=None)
-    parser.add_argument("--worker", nargs=2, metavar=("TERM", "DIM"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+def _cells(r: dict) -> list:
+    """One table row of :func:`render_md` (an error fills the third cell)."""
+    if "error" in r:
+        return [r["term"], r["dim"], f"error: {r['error']}"] + [""] * 5
+    return [r["term"], r["dim"], f"{1000 * r['median_s']:.1f}", f"{1000 * r['min_s']:.1f}", r["repeats"],
+            f"{r['peak_rss_delta_mib']:.1f}", f"{r['saved_for_backward_mib']:.1f}", r["extra_params"]]
 
-    if args.worker:
-        print(json.dumps(worker(args.worker[0], args.worker[1], args.scale, args.repeats, args.budget)))
-        return
 
-    out_dir = args.out_dir or (HERE if args.scale == "full" else None)
+def _run_passes(args: argparse.Namespace) -> list[dict]:
+    """Every (dim, term) in ``args.passes`` passes, one subprocess each; the pass with the lowest median per term."""
     runs: dict[tuple[str, str], list[dict]] = {}
     for p in range(args.passes):
         for dim in args.dims:
@@ -236,6 +202,27 @@ def main() -> None:
         best = dict(min(ok, key=lambda r: r["median_s"]))
         best["pass_medians_s"] = [r["median_s"] for r in ok]
         results.append(best)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", choices=sorted(SHAPES), default="full")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--budget", type=float, default=40.0, help="seconds of timed repeats per term at most")
+    parser.add_argument("--passes", type=int, default=2, help="independent passes; the lowest median is kept")
+    parser.add_argument("--terms", nargs="*", default=list(TERMS), choices=list(TERMS))
+    parser.add_argument("--dims", nargs="*", default=["2d", "3d"], choices=["2d", "3d"])
+    parser.add_argument("--out-dir", type=Path, default=None)
+    parser.add_argument("--worker", nargs=2, metavar=("TERM", "DIM"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], args.worker[1], args.scale, args.repeats, args.budget)))
+        return
+
+    out_dir = args.out_dir or (HERE if args.scale == "full" else None)
+    results = _run_passes(args)
 
     b2, s2 = SHAPES[args.scale]["2d"]
     b3, s3 = SHAPES[args.scale]["3d"]

@@ -225,18 +225,18 @@ def train_teacher(args: argparse.Namespace) -> None:
 # --- collecting ---------------------------------------------------------------------------------------------------
 def collect(work: Path) -> dict[str, Any]:
     """Per run: per-volume test foreground Dice, best validation Dice, epoch, seconds, collapse flag."""
-    from medkd.report.compare import case_foreground_dice
+    from medkd.report.scores import case_foreground_means
+    from medkd.run import RunFolder
 
     runs = {}
     for run in sorted((work / "runs").iterdir()) if (work / "runs").is_dir() else []:
-        per_case_file = run / "evaluation" / "per_case.json"
-        summary_file = run / "train_summary.json"
-        if not per_case_file.is_file() or not summary_file.is_file():
+        folder = RunFolder(run)
+        if not folder.has_evaluation() or not folder.has_summary():
             continue
-        per_case = json.loads(per_case_file.read_text())
-        summary = json.loads(summary_file.read_text())
-        classes = json.loads((run / "split.json").read_text())["classes"][1:]
-        runs[run.name] = {"test_dice": case_foreground_dice(per_case, classes),
+        per_case = folder.per_case()
+        summary = folder.summary()
+        classes = folder.class_names()[1:]
+        runs[run.name] = {"test_dice": case_foreground_means(per_case, "dice", classes),
                           "best_val_dice": summary["best"].get("val_dice"), "best_epoch": summary["best"]["epoch"],
                           "train_seconds": summary["train_seconds"], "val_collapse": summary.get("val_collapse"),
                           "device": summary["device"]}

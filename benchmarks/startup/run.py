@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -26,18 +25,11 @@ from pathlib import Path
 
 import yaml
 
+from medkd.measure.machine import machine_info
+from medkd.measure.tables import markdown_table
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _first_step(config: Path, run_dir: Path, timeout: float = 600.0) -> float:
@@ -59,6 +51,19 @@ def _first_step(config: Path, run_dir: Path, timeout: float = 600.0) -> float:
         if proc.poll() is None:
             proc.terminate()
             proc.wait()
+
+
+def render_md(record: dict) -> str:
+    """The markdown report of a ``startup_cpu.json`` record."""
+    med, tries = record["median_s"], record["seconds"]
+    labels = {"cold": "cold (empty `data.prepared_dir`: prepare + write)", "warm": "warm (prepared samples present)"}
+    rows = [[label, f"{med[k]:.2f}", ", ".join(f"{v:.2f}" for v in tries[k])] for k, label in labels.items()]
+    table = "\n".join(markdown_table(["cache", "median (s)", "tries (s)"], rows, "lrl"))
+    return (f"# Start-up: `medkd train` to the first step\n\n{record['machine']}; torch {record['torch']}; "
+            f"load average {record['load_average_before'][0]:.2f} before, "
+            f"{record['load_average_after'][0]:.2f} after.\n\n"
+            f"Run: {record['run']}. Measure: {record['measure']}; median of {record['repeats']}.\n\n"
+            f"{table}\n\nCache folder: {record['cache_mib']:.1f} MiB.\n")
 
 
 def main() -> None:
@@ -88,13 +93,11 @@ def main() -> None:
             times["warm"].append(_first_step(config, tmp / f"warm{i}"))
             print(f"warm {i + 1}: {times['warm'][-1]:.2f} s", flush=True)
         cache_mib = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) / 2**20
-    import torch
-
-    machine = (f"CPU {_cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads "
-               f"(the default of a fresh process)")
+    m = machine_info()
     record = {
-        "machine": machine, "torch": torch.__version__, "python": platform.python_version(),
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": f"CPU {m['cpu']}, {m['logical_cores']} cores, {m['torch_threads']} torch threads "
+                   "(the default of a fresh process)",
+        "torch": m["torch"], "python": m["python"], "date_utc": m["date_utc"],
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "run": "ACDC 128x128, splits.json, train_fraction 0.5 (70 training cases), unet_s1, batch 16, "
                "1 epoch x 1 step, --device cpu --no-evaluate",
@@ -104,16 +107,7 @@ def main() -> None:
         "median_s": {k: round(statistics.median(vs), 2) for k, vs in times.items()},
     }
     (HERE / "startup_cpu.json").write_text(json.dumps(record, indent=2) + "\n")
-    med = record["median_s"]
-    md = (f"# Start-up: `medkd train` to the first step\n\n{machine}; torch {torch.__version__}; "
-          f"load average {load_before[0]:.2f} before, {record['load_average_after'][0]:.2f} after.\n\n"
-          f"Run: {record['run']}. Measure: {record['measure']}; median of {args.repeats}.\n\n"
-          "| cache | median (s) | tries (s) |\n|---|---:|---|\n"
-          f"| cold (empty `data.prepared_dir`: prepare + write) | {med['cold']:.2f} | "
-          f"{', '.join(f'{v:.2f}' for v in times['cold'])} |\n"
-          f"| warm (prepared samples present) | {med['warm']:.2f} | "
-          f"{', '.join(f'{v:.2f}' for v in times['warm'])} |\n\n"
-          f"Cache folder: {cache_mib:.1f} MiB.\n")
+    md = render_md(record)
     (HERE / "startup_cpu.md").write_text(md)
     print(md)
 

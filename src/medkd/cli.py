@@ -92,7 +92,7 @@ def data_prepare(
     from medkd.data.loader import build_bundle
     from medkd.data.prepared import folder_size, prepared_slices
     from medkd.errors import ConfigError
-    from medkd.train.run_folder import resolve_paths
+    from medkd.run import resolve_paths
 
     cfg = resolve_paths(load_config(config, set_))
     if cfg.data.dim != 2:
@@ -125,8 +125,8 @@ def train_cmd(
     a --resume that cannot go on (another model, another split, a finished run) changes nothing.
     """
     from medkd.config import load_config
+    from medkd.run import resolve_paths
     from medkd.train.distributed import distributed_context
-    from medkd.train.run_folder import resolve_paths
     from medkd.train.trainer import train
 
     cfg = resolve_paths(load_config(config, set_))
@@ -151,7 +151,7 @@ def recipe_cmd(
 ) -> None:
     """The recommended recipe: train the student alone and distilled, keep the better one on validation."""
     from medkd.recipe import choose, read_config_dict, recipe_configs
-    from medkd.train.run_folder import resolve_paths
+    from medkd.run import RunFolder, resolve_paths
     from medkd.train.trainer import train
 
     alone, distilled, notes = recipe_configs(read_config_dict(config, set_), teacher, source=str(config))
@@ -159,11 +159,11 @@ def recipe_cmd(
         typer.echo(f"note: {note}")
     for arm, cfg in (("alone", alone), ("distilled", distilled)):
         run_dir = out / arm
-        if (run_dir / "train_summary.json").is_file():
+        if RunFolder(run_dir).has_summary():
             typer.echo(f"{run_dir}: finished earlier; kept")
             continue
         typer.echo(f"training {arm} -> {run_dir}")
-        train(resolve_paths(cfg), run_dir, resume=(run_dir / "checkpoints" / "last.json").is_file(), device=device)
+        train(resolve_paths(cfg), run_dir, resume=RunFolder(run_dir).has_checkpoint(), device=device)
         _print_summary(_evaluate(run_dir, None, device))
     record = choose(out / "alone", out / "distilled", out / "recipe.json")
     scores = ", ".join(f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in record["val_dice"].items())
@@ -284,7 +284,7 @@ def models_cmd(
     out: Path | None = typer.Option(None, "--out", help="write JSON + markdown here"),
 ) -> None:
     """List the model zoo: role, dimensions, parameters and GFLOPs."""
-    from medkd.models.efficiency import models_cli
+    from medkd.bench.zoo import models_cli
 
     typer.echo(models_cli(pattern, efficiency, input_size, out))
 
@@ -379,7 +379,7 @@ def report_cmd(
     note: str | None = typer.Option(None, "--note", help="a sentence added to the report (e.g. machine sharing)"),
 ) -> None:
     """Render an experiment's tables, statistics and figures to report.md + report.html (and per-run JSON)."""
-    from medkd.experiment.report import render_report
+    from medkd.report.study import render_report
 
     md, html = render_report(folder, out, note)
     typer.echo(f"report: {md} and {html}")

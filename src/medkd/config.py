@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medkd.errors import ConfigError, nearest_names
+from medkd.io import atomic_write_text
 
 __all__ = [
     "AugmentConfig",
@@ -35,6 +36,7 @@ __all__ = [
     "SegLossConfig",
     "SimulateSitesConfig",
     "SplitConfig",
+    "TEACHER_SOURCES",
     "TeacherConfig",
     "TrainConfig",
     "apply_overrides",
@@ -276,21 +278,64 @@ class TrainConfig(_Strict):
 
 
 class TeacherConfig(_Strict):
-    """The frozen teacher: a finished run folder, or a model name plus a safetensors checkpoint."""
+    """The frozen teacher: exactly one source (see README, "Distilling a model you already have").
+
+    * ``run``: a finished medkd run folder;
+    * ``model`` + ``checkpoint``: a zoo network and its safetensors weights;
+    * ``nnunet``: a trained nnU-Net v2 model folder (``<trainer>__<plans>__<configuration>``), with ``fold`` and
+      ``checkpoint`` (a file name inside ``fold_N``, default ``checkpoint_final.pth``); needs
+      ``pip install medkd[nnunet]``;
+    * ``bundle``: a MONAI bundle folder (``configs/inference.json``, ``models/model.pt``);
+    * ``torchscript`` / ``onnx``: an exported network whose only tap is ``logits``.
+
+    The teacher's input channels and classes are matched to the dataset's by name where the teacher declares
+    names (nnU-Net ``dataset.json``, bundle ``metadata.json``); ``data.teacher_channels`` lists the dataset
+    channels it reads and ``teacher_label_map`` maps its classes explicitly.
+    """
 
     run: str | None = None
     """a finished medkd run folder"""
     model: ModelConfig | None = None
     checkpoint: str | None = None
-    """safetensors weights of distill.teacher.model"""
+    """safetensors weights of distill.teacher.model; with nnunet: the file in fold_N (default checkpoint_final.pth)"""
+    nnunet: str | None = None
+    """a trained nnU-Net v2 model folder, nnUNet_results/DatasetXXX_Name/<trainer>__<plans>__<configuration>"""
+    fold: int | Literal["all"] | None = None
+    """nnunet: the fold whose checkpoint is loaded (fold_N; default 0), or all"""
+    configuration: str | None = None
+    """nnunet: the plans configuration (default: the folder name's last part, e.g. 2d)"""
+    bundle: str | None = None
+    """a MONAI bundle folder (configs/inference.json, models/model.pt)"""
+    torchscript: str | None = None
+    """a TorchScript file (only tap: logits)"""
+    onnx: str | None = None
+    """an ONNX file run with onnxruntime (only tap: logits)"""
+    teacher_label_map: dict[str, str] | None = None
+    """teacher class (name, or output index) -> dataset class name (default: by name, else by position)"""
+
+    @property
+    def source(self) -> str:
+        """The key of the teacher's source: run, model, nnunet, bundle, torchscript or onnx."""
+        return next(k for k in TEACHER_SOURCES if getattr(self, k) is not None)
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherConfig:
-        if (self.run is None) == (self.model is None):
-            raise ValueError("distill.teacher needs exactly one of 'run' or 'model' (+ 'checkpoint')")
+        given = [k for k in TEACHER_SOURCES if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("distill.teacher needs exactly one of 'run' or 'model' (+ 'checkpoint') for a medkd "
+                             "teacher, or of 'nnunet', 'bundle', 'torchscript', 'onnx' for one from elsewhere"
+                             + (f" (got {', '.join(given)})" if given else ""))
         if self.model is not None and self.checkpoint is None:
             raise ValueError("distill.teacher.model needs distill.teacher.checkpoint")
+        if self.checkpoint is not None and given[0] not in ("model", "nnunet"):
+            raise ValueError(f"distill.teacher.checkpoint: only with model or nnunet, not {given[0]}")
+        if (self.fold is not None or self.configuration is not None) and given[0] != "nnunet":
+            raise ValueError("distill.teacher.fold / configuration: only with distill.teacher.nnunet")
         return self
+
+
+#: The keys of :class:`TeacherConfig` that name a teacher's source (exactly one is given).
+TEACHER_SOURCES: tuple[str, ...] = ("run", "model", "nnunet", "bundle", "torchscript", "onnx")
 
 
 class PseudoLabelConfig(_Strict):
@@ -527,7 +572,5 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    from medkd.io import atomic_write_text
-
     text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     atomic_write_text(Path(path), text)

@@ -23,12 +23,16 @@ import typer
 import yaml
 
 from medkd.config import parse_config
+from medkd.data.loader import open_dataset
+from medkd.data.pipeline import prepare_cases
+from medkd.data.synthetic import generate_dataset
 from medkd.errors import MedkdError
 from medkd.evaluate.runner import evaluate_run
+from medkd.inference import predict_volume
 from medkd.recipe import choose, recipe_configs
 from medkd.report.compare import comparison_document
 from medkd.report.figures import plot_qualitative
-from medkd.train.run_folder import load_run_model, resolve_paths
+from medkd.run import RunFolder, resolve_paths
 from medkd.train.trainer import train
 
 __all__ = ["demo_config", "run_demo"]
@@ -56,15 +60,9 @@ def demo_config(which: str, data_root: Path, teacher_run: Path | None, quick: bo
 
 def _qualitative(out: Path, runs: dict[str, Path], n_rows: int = 3) -> Path:
     """Middle slice of a few test cases with the reference and each run's prediction."""
-    from medkd.data.loader import open_dataset
-    from medkd.data.pipeline import prepare_cases
-    from medkd.inference import predict_volume
-
-    models = {label: load_run_model(path) for label, path in runs.items()}
+    models = {label: RunFolder(path).load_model() for label, path in runs.items()}
     _, cfg = next(iter(models.values()))
-    import json
-
-    info = json.loads((runs["teacher"] / "split.json").read_text())
+    info = RunFolder(runs["teacher"]).split()
     index = open_dataset(cfg.data, root=info["dataset"])
     chosen = info["test"][:: max(1, len(info["test"]) // n_rows)][:n_rows]
     cases = prepare_cases(index, chosen, index.channel_indices(info["channels"]), cfg.data)
@@ -83,8 +81,6 @@ def _qualitative(out: Path, runs: dict[str, Path], n_rows: int = 3) -> Path:
 
 def run_demo(out: Path, quick: bool = False, seed: int = 0, cases: int | None = None) -> dict[str, dict]:
     """Run the demo into ``out`` and return each run's test summary."""
-    from medkd.data.synthetic import generate_dataset
-
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise MedkdError(f"{out}: folder exists and is not empty; choose another --out or remove it")

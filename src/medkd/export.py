@@ -20,6 +20,9 @@ PyTorch weights: input name and shape, classes and label values, channels, prepr
 and how far the run's training got (``epoch`` of the exported weights, ``last_epoch``, ``finished``). The file and
 its sidecar are written all or nothing: a write error leaves the previous export as it was.
 
+Running an export is :mod:`medkd.onnx_runtime`'s job (:class:`~medkd.onnx_runtime.OnnxPredictor`, re-exported
+here); this module only writes exports.
+
 Example::
 
     from medkd.export import OnnxPredictor, export_run
@@ -31,6 +34,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import io
 import json
@@ -44,14 +48,20 @@ import numpy as np
 import torch
 from torch import nn
 
+import medkd
+from medkd.config import RunConfig
 from medkd.errors import ConfigError, MedkdError, unknown_name_error
 from medkd.io import atomic_write, atomic_write_bytes, staged_files
+from medkd.models import normalize_output
+from medkd.onnx_runtime import OnnxPredictor, onnx_session
+from medkd.run import RunFolder
 
 __all__ = [
     "EXPORT_FORMATS",
     "LogitsModel",
     "OnnxPredictor",
     "export_onnx",
+    "export_onnx_result",
     "export_run",
     "export_torchscript",
     "file_sha256",
@@ -83,8 +93,6 @@ class LogitsModel(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from medkd.models import normalize_output
-
         return normalize_output(self.net(x))
 
 
@@ -118,8 +126,6 @@ def _onnx_friendly(net: nn.Module) -> nn.Module:
     """A copy of ``net`` with every ``nn.PReLU`` replaced by :func:`_prelu_for_onnx` (``net`` if it has none)."""
     if not any(isinstance(m, nn.PReLU) for m in net.modules()):
         return net
-    import copy
-
     clone = copy.deepcopy(net)
     for parent in list(clone.modules()):
         for name, child in list(parent.named_children()):
@@ -182,25 +188,6 @@ def _close(got: np.ndarray, ref: np.ndarray) -> tuple[bool, float]:
     return diff <= 1e-4 * max(1.0, float(np.abs(ref).max()) if ref.size else 1.0), diff
 
 
-def _onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise MedkdError("the onnx engine needs onnxruntime; install it with `pip install medkd[onnx]`") from None
-    return onnxruntime
-
-
-def _session(model: bytes | str | Path, threads: int | None = None):
-    ort = _onnxruntime()
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4  # failures surface as exceptions; no C++ log lines on stderr
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
-
-
 def _onnx_bytes(wrapper: nn.Module, example: torch.Tensor, opset: int, axes: dict[str, dict[int, str]],
                 path: Path) -> bytes:
     buffer = io.BytesIO()
@@ -223,9 +210,15 @@ def _axes(mode: str, spatial_dims: int) -> dict[str, dict[int, str]]:
     return {_INPUT: dict(names), _OUTPUT: dict(names)}
 
 
-def _export_onnx(model: nn.Module, path: Path, example: torch.Tensor, opset: int = 17,
-                 dynamic: bool | None = None, check: bool = True) -> dict[str, Any]:
-    """Export, verify and write (atomically); returns what was exported (dynamic axes, max abs diff, shapes)."""
+def export_onnx_result(model: nn.Module, path: str | Path, example: torch.Tensor, opset: int = 17,
+                       dynamic: bool | None = None, check: bool = True) -> dict[str, Any]:
+    """:func:`export_onnx`, returning what was exported instead of the path.
+
+    Returns:
+        ``{"dynamic": "batch+spatial" | "batch" | "static", "input_shape", "example_shape", "max_abs_diff"
+        (None without ``check``), "opset"}``.
+    """
+    path = Path(path)
     data, result = _onnx_export_bytes(model, path, example, opset, dynamic, check)
     atomic_write_bytes(path, data)
     return result
@@ -253,7 +246,7 @@ def _onnx_export_bytes(model: nn.Module, path: Path, example: torch.Tensor, opse
             data = _onnx_bytes(exported, x, opset, _axes(mode, spatial_dims), path)
             if not check:
                 return data, _onnx_result(mode, spatial_dims, x, None, opset)
-            session = _session(data)
+            session = onnx_session(data)
             ok, diff = _close(session.run(None, {_INPUT: x.cpu().numpy()})[0], ref)
             if not ok:
                 raise MedkdError(f"{path}: ONNX output differs from PyTorch by {diff:.3g} on the example input; "
@@ -299,7 +292,7 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, opset
         MedkdError: the ONNX graph does not reproduce PyTorch's logits, or onnxruntime is missing.
     """
     path = Path(path)
-    _export_onnx(model, path, example, opset, dynamic, check)
+    export_onnx_result(model, path, example, opset, dynamic, check)
     return path
 
 
@@ -368,7 +361,7 @@ def file_sha256(path: str | Path) -> str:
 def unfinished_warning(run_dir: str | Path, progress: dict[str, Any], doing: str = "exporting") -> str | None:
     """A one-line warning for an unfinished run, None for a finished one.
 
-    ``progress``: :func:`medkd.train.run_folder.training_progress` of the run (or an export sidecar's copy).
+    ``progress``: :func:`medkd.run.training_progress` of the run (or an export sidecar's copy).
     """
     if progress.get("finished", True):  # finished, or a sidecar written before medkd recorded it
         return None
@@ -384,7 +377,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
     Only the network is exported (distillation adapters and heads are in the separate extras file). The
     example input is ``(1, in_channels, *data.size)`` of the run; a JSON sidecar ``<file>.json`` records the
     input name and shape, classes, label values, channels, preprocessing, ``data.size``, ``dim``, versions and
-    how far training got (:func:`medkd.train.run_folder.training_progress`: ``epoch`` of the weights,
+    how far training got (:func:`medkd.run.training_progress`: ``epoch`` of the weights,
     ``last_epoch``, ``epochs``, ``finished``; an unfinished run exports too, and ``medkd export`` warns).
     The file and its sidecar are written together or not at all (:func:`medkd.io.staged_files`).
 
@@ -401,27 +394,12 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
         MedkdError: not a run folder, no best checkpoint, unknown format, an export that does not match, a file
             in the way that is not a medkd export, or a write error (names the path; nothing is left behind).
     """
-    import medkd
-    from medkd.predict import run_label_values
-    from medkd.train.run_folder import load_run_model, training_progress
-
     if fmt not in EXPORT_FORMATS:
         raise unknown_name_error("export format", fmt, list(EXPORT_FORMATS))
-    run_dir = Path(run_dir)
-    model, cfg = load_run_model(run_dir, "best")
-    split = json.loads((run_dir / "split.json").read_text())
-    in_channels = int(split.get("in_channels", len(split["channels"])))
-    if out is None:
-        path = run_dir / "export" / EXPORT_FORMATS[fmt]
-    else:
-        path = Path(out)
-        if path.is_dir() or not path.suffix:
-            path = path / EXPORT_FORMATS[fmt]
-    side = sidecar_path(path)
-    if out is not None and (path.exists() or path.is_symlink()) and not side.is_file():
-        raise MedkdError(f"{path}: file exists and is not a medkd export (no {side.name} beside it); "
-                         "choose another --out")
-    example = torch.randn(1, in_channels, *cfg.data.size, generator=torch.Generator().manual_seed(0))
+    run = RunFolder(run_dir)
+    model, cfg = run.load_model("best")
+    path = _export_path(run, fmt, out)
+    example = torch.randn(1, run.in_channels, *cfg.data.size, generator=torch.Generator().manual_seed(0))
     if fmt == "onnx":
         data, result = _onnx_export_bytes(model, path, example, opset=opset)
 
@@ -429,11 +407,39 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
             tmp.write_bytes(data)
     else:
         save, result = _export_torchscript(model, path, example)
-        result["input_shape"] = ([1 if result["dynamic"] == "static" else "batch", in_channels]
+        result["input_shape"] = ([1 if result["dynamic"] == "static" else "batch", run.in_channels]
                                  + ([int(s) for s in cfg.data.size] if result["dynamic"] == "static"
                                     else list(("depth", "height", "width")[3 - cfg.data.dim:])))
-    weights = run_dir / "checkpoints" / "best.safetensors"
-    info = {
+    text = json.dumps(_sidecar(run, cfg, model, fmt, path, result), indent=2) + "\n"
+    with staged_files(path.parent, "medkd-export") as stage:
+        stage.write(path, save)
+        stage.write(sidecar_path(path), lambda tmp: tmp.write_text(text))
+    return path
+
+
+def _export_path(run: RunFolder, fmt: str, out: str | Path | None) -> Path:
+    """The file :func:`export_run` writes: ``RUN/export/<file>`` by default, else ``out`` (or a file in it).
+
+    Raises:
+        MedkdError: ``out`` names a file that is not a medkd export (no sidecar beside it).
+    """
+    if out is None:
+        return run.path / "export" / EXPORT_FORMATS[fmt]
+    path = Path(out)
+    if path.is_dir() or not path.suffix:
+        path = path / EXPORT_FORMATS[fmt]
+    side = sidecar_path(path)
+    if (path.exists() or path.is_symlink()) and not side.is_file():
+        raise MedkdError(f"{path}: file exists and is not a medkd export (no {side.name} beside it); "
+                         "choose another --out")
+    return path
+
+
+def _sidecar(run: RunFolder, cfg: RunConfig, model: nn.Module, fmt: str, path: Path,
+             result: dict[str, Any]) -> dict[str, Any]:
+    """What an export's JSON sidecar records (see :func:`export_run`)."""
+    split = run.split()
+    return {
         "format": fmt,
         "file": path.name,
         "input_name": _INPUT,
@@ -445,26 +451,21 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
         "dim": cfg.data.dim,
         "size": list(cfg.data.size),
         "size_divisor": int(getattr(model, "size_divisor", 1) or 1),
-        "in_channels": in_channels,
+        "in_channels": run.in_channels,
         "channels": list(split["channels"]),
         "neighbours": int(split.get("neighbours", cfg.data.neighbours)),
         "classes": list(split["classes"]),
-        "label_values": run_label_values(cfg, split),
+        "label_values": run.label_values(cfg),
         "normalize": cfg.data.normalize,
         "data": cfg.data.model_dump(mode="json"),
         "evaluate": {"batch_size": cfg.evaluate.batch_size, "sw_overlap": cfg.evaluate.sw_overlap},
         "run": cfg.name,
-        "checkpoint": "checkpoints/best.safetensors",
-        "checkpoint_sha256": file_sha256(weights),
-        **training_progress(run_dir, cfg.train.epochs),
+        "checkpoint": run.best_weights.relative_to(run.path).as_posix(),
+        "checkpoint_sha256": file_sha256(run.best_weights),
+        **run.progress(cfg.train.epochs),
         "medkd_version": medkd.__version__,
         "torch_version": torch.__version__,
     }
-    text = json.dumps(info, indent=2) + "\n"
-    with staged_files(path.parent, "medkd-export") as stage:
-        stage.write(path, save)
-        stage.write(side, lambda tmp: tmp.write_text(text))
-    return path
 
 
 def read_export_info(path: str | Path) -> dict[str, Any]:
@@ -505,9 +506,10 @@ def resolve_onnx_export(target: str | Path, export: bool = True) -> tuple[Path, 
         return target, read_export_info(target), False
     if not target.is_dir():
         raise MedkdError(f"{target}: no such run folder or ONNX export")
-    if (target / "config.yaml").is_file():  # a run folder
-        path = target / "export" / EXPORT_FORMATS["onnx"]
-        weights = target / "checkpoints" / "best.safetensors"
+    run = RunFolder(target)
+    if run.is_run():
+        path = _export_path(run, "onnx", None)
+        weights = run.best_weights
         current = path.is_file() and sidecar_path(path).is_file()
         if current and weights.is_file():
             current = read_export_info(path).get("checkpoint_sha256") == file_sha256(weights)
@@ -518,43 +520,6 @@ def resolve_onnx_export(target: str | Path, export: bool = True) -> tuple[Path, 
         return path, read_export_info(path), False
     path = target / EXPORT_FORMATS["onnx"]
     if not path.is_file():
-        raise MedkdError(f"{target}: neither a run folder (config.yaml) nor an export folder ({path.name})")
+        raise MedkdError(f"{target}: neither a run folder ({run.config_path.name}) nor an export folder "
+                         f"({path.name})")
     return path, read_export_info(path), False
-
-
-class OnnxPredictor:
-    """Run an exported ONNX model with onnxruntime's CPU provider, as a torch-tensor callable.
-
-    Args:
-        path: the ``.onnx`` file.
-        threads: onnxruntime intra-op threads (default: onnxruntime's choice).
-
-    Example::
-
-        predictor = OnnxPredictor("runs/distilled/export/model.onnx")
-        logits = predictor(torch.randn(4, 1, 96, 96))     # (4, K, 96, 96), a CPU float tensor
-    """
-
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise MedkdError(f"{self.path}: ONNX file not found")
-        try:
-            self.session = _session(self.path, threads)
-        except MedkdError:
-            raise
-        except Exception as err:  # onnxruntime's own error types for a broken file
-            raise MedkdError(f"{self.path}: not a loadable ONNX model ({str(err).splitlines()[0][:120]})") from None
-        meta = self.session.get_inputs()[0]
-        self.input_name = meta.name
-        self.input_shape = list(meta.shape)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits for a ``(B, C, *spatial)`` batch."""
-        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        expect = self.input_shape
-        fixed = [(i, d) for i, d in enumerate(expect) if isinstance(d, int)]
-        if arr.ndim != len(expect) or any(arr.shape[i] != d for i, d in fixed):
-            shown = "x".join(str(d) if isinstance(d, int) else "?" for d in expect)
-            raise MedkdError(f"{self.path}: input of shape {tuple(arr.shape)} does not fit the model's {shown}")
-        return torch.from_numpy(self.session.run(None, {self.input_name: arr})[0])

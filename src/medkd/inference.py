@@ -19,6 +19,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from medkd.data.pipeline import resize_image
+from medkd.models import normalize_output
 
 __all__ = ["logits_to_probabilities", "predict_volume"]
 
@@ -32,8 +33,7 @@ def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _forward(model: torch.nn.Module | Callable[[torch.Tensor], Any], x: torch.Tensor) -> torch.Tensor:
-    from medkd.models import normalize_output
-
+    """The model's logits tensor for ``x`` (deep-supervision lists give the full-resolution head)."""
     return normalize_output(model(x))
 
 
@@ -45,7 +45,7 @@ def predict_volume(model: torch.nn.Module | Callable[[torch.Tensor], Any], image
 
     Args:
         model: network in eval mode, or any callable from a (B, C, *spatial) tensor to logits (e.g.
-            :class:`medkd.export.OnnxPredictor`).
+            :class:`medkd.onnx_runtime.OnnxPredictor`).
         image: normalised image, channels first; a 2D model takes (C, X, Y, Z) or (C, X, Y).
         dim: the model's spatial dims (2 or 3).
         size: 2D training size (H, W), or 3D sliding-window ROI.

@@ -1,8 +1,9 @@
 """``medkd predict``: label maps for NIfTI images, written with the input's affine and shape.
 
 Two engines run the network: ``torch`` (the run's best weights, CPU or CUDA) and ``onnx`` (the run's ONNX
-export with onnxruntime's CPU provider; a run without a current export is exported first, see
-:func:`medkd.export.resolve_onnx_export`). Both apply the same preprocessing and write the same label maps.
+export with onnxruntime's CPU provider, :class:`medkd.onnx_runtime.OnnxPredictor`; a run without a current export
+is exported first, see :func:`medkd.export.resolve_onnx_export`). Both apply the same preprocessing and write the
+same label maps.
 
 Inputs are NIfTI files or folders of them. Files named like nnU-Net channels (``<case>_0000.nii.gz``,
 ``<case>_0001.nii.gz``) are grouped into one multi-channel case; any other file is one case (a 4D file
@@ -16,7 +17,6 @@ an error, not at all.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,15 +26,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from medkd.config import DataConfig, RunConfig
+from medkd.config import DataConfig
 from medkd.data.nifti_io import read_nifti, write_nifti
 from medkd.data.pipeline import prepare_arrays
 from medkd.errors import DataError, MedkdError, unknown_name_error
+from medkd.export import resolve_onnx_export
 from medkd.inference import predict_volume
 from medkd.io import staged_files
-from medkd.train.run_folder import load_run_model
+from medkd.onnx_runtime import OnnxPredictor
+from medkd.run import RunFolder
 
-__all__ = ["ENGINES", "collect_inputs", "predict_files", "run_label_values"]
+__all__ = ["ENGINES", "collect_inputs", "predict_files"]
 
 #: ``medkd predict --engine`` values.
 ENGINES: tuple[str, ...] = ("torch", "onnx")
@@ -104,28 +106,18 @@ def _load_case(files: list[Path], n_channels: int) -> tuple[np.ndarray, np.ndarr
     return np.moveaxis(data, -1, 0).astype(np.float32), affine, data.shape[:-1]
 
 
-def run_label_values(cfg: RunConfig, split: dict[str, Any]) -> list[int]:
-    """The dataset label value of each class index of a run (class index when the dataset is not at hand)."""
-    label_values = list(range(len(split["classes"])))
-    if Path(split["dataset"]).is_dir():
-        from medkd.data.loader import open_dataset
-
-        label_values = sorted(open_dataset(cfg.data, root=split["dataset"]).labels.values())
-    return [int(v) for v in label_values]
-
-
 def _torch_engine(run_dir: Path, device: str | None) -> tuple[Callable, dict[str, Any], torch.device]:
-    model, cfg = load_run_model(run_dir)
-    info = json.loads((run_dir / "split.json").read_text())
+    """The run's best network on ``device`` and what prediction needs (data settings, channels, label values)."""
+    run = RunFolder(run_dir)
+    model, cfg = run.load_model()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    setup = {"data": cfg.data, "channels": len(info["channels"]), "label_values": run_label_values(cfg, info),
+    setup = {"data": cfg.data, "channels": len(run.channels()), "label_values": run.label_values(cfg),
              "batch_size": cfg.evaluate.batch_size, "sw_overlap": cfg.evaluate.sw_overlap}
     return model.to(dev), setup, dev
 
 
 def _onnx_engine(target: Path, device: str | None) -> tuple[Callable, dict[str, Any], torch.device]:
-    from medkd.export import OnnxPredictor, resolve_onnx_export
-
+    """An :class:`~medkd.onnx_runtime.OnnxPredictor` of the target's (current) export and its sidecar's setup."""
     if device not in (None, "cpu"):
         raise MedkdError(f"--device {device}: the onnx engine runs on the CPU (onnxruntime's CPU provider)")
     path, info, _ = resolve_onnx_export(target)

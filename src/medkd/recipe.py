@@ -25,6 +25,7 @@ import yaml
 from medkd.config import RunConfig, apply_overrides, deep_merge, parse_config
 from medkd.errors import ConfigError, MedkdError
 from medkd.io import atomic_write_json
+from medkd.run import RunFolder
 
 __all__ = ["ARMS", "choose", "recipe_configs", "recipe_overlay"]
 
@@ -74,12 +75,11 @@ def read_config_dict(path: Path, overrides: list[str] | None = None) -> dict[str
 
 
 def _best_val(run_dir: Path) -> float | None:
-    import json
-
-    summary = Path(run_dir) / "train_summary.json"
-    if not summary.is_file():
-        raise MedkdError(f"{run_dir}: train_summary.json missing; the run did not finish")
-    value = json.loads(summary.read_text())["best"].get("val_dice")
+    """Best validation Dice of a finished run (None when it has none or it is not finite)."""
+    run = RunFolder(run_dir)
+    if not run.has_summary():
+        raise MedkdError(f"{run_dir}: {run.summary_path.name} missing; the run did not finish")
+    value = run.summary()["best"].get("val_dice")
     return float(value) if value is not None and math.isfinite(value) else None
 
 

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
-from medkd.bench.infer import TARGETS, render_markdown, time_ms
+from medkd.bench.infer import TARGETS, _targets, render_markdown
 from medkd.cli import main
 
-
-def test_time_ms_counts_warmup_and_repeats():
-    calls = []
-    times = time_ms(lambda: calls.append(1), repeats=4, warmup=2)
-    assert len(calls) == 6 and len(times) == 4 and all(t >= 0 for t in times)
-    # a time budget stops a slow measurement after 3 runs
-    assert len(time_ms(lambda: calls.append(1), repeats=50, warmup=0, max_seconds=0.0)) == 3
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "inference"
 
 
 def test_bench_infer_cli_writes_json_and_markdown(tmp_path, capsys):
@@ -24,7 +20,9 @@ def test_bench_infer_cli_writes_json_and_markdown(tmp_path, capsys):
                  "--warmup", "1", "--threads", "1", "--out", str(out)]) == 0
     data = json.loads((out / "inference_cpu.json").read_text())
     assert data["settings"]["size"] == [32, 32] and data["settings"]["depth"] == 2 and data["settings"]["threads"] == 1
-    assert data["machine"]["logical_cores"] >= 1 and data["machine"]["onnxruntime"]
+    assert data["machine"]["logical_cores"] == os.cpu_count() and data["machine"]["onnxruntime"]
+    assert list(data["machine"]) == ["cpu", "logical_cores", "torch", "monai", "python", "platform", "date_utc",
+                                     "onnxruntime", "threads"]
     assert len(data["load_average"]["before"]) == 3 and data["settings"]["max_busy"] is None
     (row,) = data["models"]
     assert row["name"] == "enet" and row["role"] == "student" and row["params"] > 0
@@ -32,8 +30,11 @@ def test_bench_infer_cli_writes_json_and_markdown(tmp_path, capsys):
     assert set(row["engines"]) == {"torch", "onnx"}
     for engine, m in row["engines"].items():
         assert m["ms_per_slice"]["median"] > 0 and m["ms_per_slice"]["runs"] == 1, engine
+        assert list(m["ms_per_slice"]) == ["median", "min", "runs"], engine
         assert m["ms_per_volume"]["median"] > 0 and m["peak_rss_mb"] > m["base_rss_mb"] > 0, engine
-        assert m["threads"] == 1 and m["attempts"] == 1 and m["other_cpu_cores"] >= 0
+        assert m["threads"] == 1 and m["attempts"] == 1 and m["waited_s"] == 0
+        # cores other processes used while the worker ran: a share of this machine's cores, to 3 decimals
+        assert 0 <= m["other_cpu_cores"] <= os.cpu_count() and m["other_cpu_cores"] == round(m["other_cpu_cores"], 3)
     assert row["engines"]["onnx"]["imports_torch"] is False  # the onnxruntime process never loads torch
     assert row["speedup_vs_teacher"] is None  # no teacher in this run
     onnx_ms = row["engines"]["onnx"]["ms_per_slice"]["median"]
@@ -49,8 +50,6 @@ def test_markdown_states_the_targets_with_measured_ratio():
                "peak_rss_mb": 100.0, "base_rss_mb": 50.0, "threads": 2}
         return {"name": name, "role": role, "params": 1000, "safetensors_mb": 1.0, "onnx_mb": 1.0,
                 "engines": {"torch": eng, "onnx": eng}, "speedup_vs_teacher": None}
-
-    from medkd.bench.infer import _targets
 
     rows = [row("unetplusplus", "teacher", 1500.0), row("enet", "student", 12.0)]
     payload = {"settings": {"size": [256, 256], "threads": 2, "depth": 10, "in_channels": 1, "repeats": 20,
@@ -69,3 +68,9 @@ def test_unknown_model_is_a_one_line_error(capsys):
     assert main(["bench", "infer", "--models", "enett", "--size", "32"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown 2D model 'enett'" in err[0] and "enet" in err[0]
+
+
+@pytest.mark.parametrize("stem", ["inference_cpu", "inference_cpu_1thread"])
+def test_committed_results_render_to_the_committed_markdown(stem):
+    payload = json.loads((RESULTS / f"{stem}.json").read_text())
+    assert render_markdown(payload) == (RESULTS / f"{stem}.md").read_text()

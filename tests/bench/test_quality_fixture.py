@@ -30,7 +30,7 @@ def test_fixture_teacher_reaches_its_reported_test_dice(tmp_path):
     from medkd.data.loader import open_dataset
     from medkd.data.pipeline import prepare_cases
     from medkd.inference import predict_volume
-    from medkd.train.run_folder import load_teacher
+    from medkd.teachers import load_teacher
 
     data = tmp_path / "acdc128"
     write_compact_copy(ACDC, data, (128, 128), "uint8")

@@ -17,7 +17,8 @@ from medkd.data.loader import build_bundle, build_train_source
 from medkd.data.pipeline import prepare_cases, slice_samples
 from medkd.data.prepared import cache_root, prepared_slices
 from medkd.errors import ConfigError, MedkdError
-from medkd.train.trainer import read_metrics, train
+from medkd.run import RunFolder
+from medkd.train.trainer import train
 
 
 def _cfg(make_config, root, cache, **data):
@@ -85,7 +86,7 @@ def test_training_is_identical_with_and_without_the_cache_and_reuses_it(synth2d,
     assert len(_folders(cache)) == 1
 
     def steps(name):
-        return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in read_metrics(tmp_path / name)
+        return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in RunFolder(tmp_path / name).metrics()
                 if r["kind"] in ("step", "epoch")]
 
     def weights(name):

@@ -72,7 +72,11 @@ def test_noise_levels():
     zero = np.zeros((200, 200))
     rice = apply_site(zero, SiteProfile("n", noise_std=0.05), rng, value_range=(0, 1))
     assert abs(rice.mean() - 0.05 * math.sqrt(math.pi / 2)) < 0.001
-    assert rice.min() >= 0
+    # ... with E[R^2] = 2 sigma^2 and median sigma * sqrt(2 ln 2); Gaussian noise would give E = 0, E[x^2] = sigma^2
+    assert abs((rice**2).mean() - 2 * 0.05**2) < 2e-4
+    assert abs(np.median(rice) - 0.05 * math.sqrt(2 * math.log(2))) < 0.001
+    gauss0 = apply_site(zero, SiteProfile("n", noise_std=0.05, noise_type="gaussian"), rng, value_range=(0, 1))
+    assert abs((gauss0 < 0).mean() - 0.5) < 0.02 and abs((gauss0**2).mean() - 0.05**2) < 2e-4
 
 
 def test_bias_field_statistics():

@@ -12,7 +12,8 @@ from medkd.data.augment import apply_ops
 from medkd.distill.cache import TeacherCache
 from medkd.errors import ConfigError
 from medkd.models import FeatureTapper, create_model
-from medkd.train.trainer import read_metrics, train
+from medkd.run import RunFolder
+from medkd.train.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +39,8 @@ def test_cached_and_live_distillation_give_the_same_losses(synth2d, teacher_run,
     no_aug = {"flip": False, "rot90": False}
     train(_kd_config(make_config, synth2d, teacher_run, False, no_aug), tmp_path / "live", device="cpu")
     train(_kd_config(make_config, synth2d, teacher_run, True, no_aug), tmp_path / "cached", device="cpu")
-    live = [r for r in read_metrics(tmp_path / "live") if r["kind"] == "step"]
-    cached = [r for r in read_metrics(tmp_path / "cached") if r["kind"] == "step"]
+    live = [r for r in RunFolder(tmp_path / "live").metrics() if r["kind"] == "step"]
+    cached = [r for r in RunFolder(tmp_path / "cached").metrics() if r["kind"] == "step"]
     assert len(live) == len(cached) > 0
     for a, b in zip(live, cached):
         for key in (k for k in a if k.startswith("kd/")):

@@ -12,6 +12,11 @@ from medkd.errors import ConfigError
 
 ALL = ["adaptive_affinity", "affinity", "attention_map", "bottleneck_kl", "contrastive", "cwd", "dist",
        "feature_mse", "kdnet_soft_label", "kernel_matrix", "logits_kl", "region_affinity"]
+DEFAULT_TAPS = {"adaptive_affinity": ("logits",), "affinity": ("logits",), "attention_map": ("decoder",),
+                "bottleneck_kl": ("bottleneck",), "contrastive": ("encoder", "bottleneck", "decoder"),
+                "cwd": ("logits",), "dist": ("logits",), "feature_mse": ("bottleneck",),
+                "kdnet_soft_label": ("logits",), "kernel_matrix": ("bottleneck",), "logits_kl": ("logits",),
+                "region_affinity": ("decoder",)}
 
 
 def tapped(nd, seed=0, c=3, student_ch=(8, 16, 8), teacher_ch=(16, 32, 16), grad=False):
@@ -40,8 +45,10 @@ def test_registry_lists_all_names():
 @pytest.mark.parametrize("name", ALL)
 def test_loss_info(name):
     info = loss_info(name)
-    assert info["description"] and info["student_taps"] and info["teacher_taps"]
-    assert isinstance(info["needs_label"], bool) and "tap" in info["options"]
+    assert len(info["description"]) > 20
+    assert tuple(info["student_taps"]) == tuple(info["teacher_taps"]) == DEFAULT_TAPS[name]
+    assert info["needs_label"] is (name == "region_affinity")  # the only term that reads batch["label"]
+    assert {"tap", "student_tap", "teacher_tap"} <= set(info["options"])
 
 
 def test_unknown_name_and_option_errors():
@@ -73,7 +80,8 @@ def test_forward_before_setup_and_missing_tap():
 def test_setup_forward_backward(name, nd):
     kw = {"mode": "pixel", "max_anchors": 64} if name == "contrastive" and nd == 3 else {}
     loss = create_loss(name, **kw)
-    assert isinstance(loss, DistillLoss)
+    assert isinstance(loss, DistillLoss) and loss.name == name
+    assert loss.student_taps == loss.teacher_taps == DEFAULT_TAPS[name]
     s, t, b = tapped(nd, grad=True)
     loss.setup(s, t)
     value = loss(s, t, b)

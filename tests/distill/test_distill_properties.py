@@ -176,34 +176,3 @@ def test_shape_errors_are_config_errors():
         KF.affinity_loss(torch.zeros(1, 2, 4, 4), torch.full((1, 4, 4), 2))
     with pytest.raises(ConfigError, match="info_nce"):
         KF.info_nce(torch.zeros(2, 4), torch.zeros(3, 4))
-
-
-def _autograd_affinity(s, labels, margin, dilation):
-    """Plain-autograd (sliced views) affinity loss, to check the hand-written backward of the fast path."""
-    q = KF.class_probs(s)
-    logq = q.clamp_min(1e-4).log()
-    same_sum = diff_sum = 0.0
-    same_n = diff_n = 0
-    for off in KF.neighbour_offsets(s.dim() - 2):
-        sl = KF._shift_slices(off, dilation, tuple(s.shape[2:]))
-        if sl is None:
-            continue
-        src, dst = sl
-        w = (q[src] * (logq[src] - logq[dst])).sum(1)
-        same = labels[(src[0], *src[2:])] == labels[(dst[0], *dst[2:])]
-        same_sum = same_sum + w[same].sum()
-        diff_sum = diff_sum + F.relu(margin - w[~same]).sum()
-        same_n += int(same.sum())
-        diff_n += int((~same).sum())
-    return same_sum / max(same_n, 1) + diff_sum / max(diff_n, 1)
-
-
-@pytest.mark.parametrize("nd,c", [(2, 3), (3, 2), (2, 1)])
-def test_affinity_gradient_matches_plain_autograd(nd, c):
-    s = rand(2, c, *SHAPES[nd], seed=20, scale=2.0).requires_grad_(True)
-    labels = torch.randint(0, max(c, 2), (2, *SHAPES[nd]), generator=torch.Generator().manual_seed(21))
-    for dilation, margin in [(1, 3.0), (2, 0.3)]:
-        (g_fast,) = torch.autograd.grad(KF.affinity_loss(s, labels, margin, dilation), s)
-        (g_ref,) = torch.autograd.grad(_autograd_affinity(s, labels, margin, dilation), s)
-        assert torch.allclose(g_fast, g_ref, rtol=1e-4, atol=1e-7)
-        assert g_fast.abs().sum() > 0

@@ -37,7 +37,7 @@ def _paper_a_style() -> dict:
 
 def test_paper_a_style_run_skip_resume_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from medkd.data.synthetic import generate_dataset
-    from medkd.experiment.report import render_report
+    from medkd.report.study import render_report
 
     monkeypatch.chdir(tmp_path)
     generate_dataset(tmp_path / "data2d", dim=2, cases=10, sites=2, modalities=1, seed=0, size=(32, 32))
@@ -98,7 +98,7 @@ def test_paper_a_style_run_skip_resume_report(tmp_path: Path, monkeypatch: pytes
 
 def test_thesis_b_style_reconstruction_and_anova(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from medkd.data.synthetic import generate_dataset
-    from medkd.experiment.report import render_report
+    from medkd.report.study import render_report
 
     monkeypatch.chdir(tmp_path)
     generate_dataset(tmp_path / "data2d", dim=2, cases=16, sites=2, modalities=1, seed=1, size=(32, 32))
@@ -135,7 +135,7 @@ def test_thesis_b_style_reconstruction_and_anova(tmp_path: Path, monkeypatch: py
 
 def test_kdnet_style_two_modalities_folds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from medkd.data.synthetic import generate_dataset
-    from medkd.experiment.report import render_report
+    from medkd.report.study import render_report
 
     monkeypatch.chdir(tmp_path)
     generate_dataset(tmp_path / "data3d", dim=3, cases=6, sites=1, modalities=2, seed=0, size=(16, 16, 16))

@@ -1,23 +1,24 @@
-"""Efficiency: input-size parsing, FLOPs against an independent count, checkpoint size, tables, the CLI back end."""
+"""Efficiency: input-size parsing, FLOPs against an independent count, checkpoint size, latency, tables."""
 
 from __future__ import annotations
 
-import json
 import math
+import time
 
 import pytest
 import torch
 from torch import nn
 
 from medkd.errors import ConfigError
+from medkd.measure import machine
 from medkd.models import count_parameters, create_model
 from medkd.models.efficiency import (
     checkpoint_bytes,
     count_flops,
+    cpu_latency_ms,
     efficiency_table,
     machine_info,
     measure,
-    models_cli,
     parse_input_size,
     render_markdown,
 )
@@ -94,6 +95,25 @@ def test_measure_row():
     assert row["checkpoint_mb"] == pytest.approx(row["params"] * 4 / 2**20, rel=0.05)
 
 
+class _Sleepy(nn.Module):
+    """Sleeps 10 ms per forward pass and counts the passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        time.sleep(0.01)
+        return x
+
+
+def test_cpu_latency_times_repeats_after_warmup():
+    model = _Sleepy()
+    times = cpu_latency_ms(model, torch.zeros(1), repeats=3, warmup=2)
+    assert model.calls == 5 and len(times) == 3 and min(times) >= 10.0
+
+
 def test_measure_without_latency_uses_meta_and_scales_with_area():
     small = measure("multitask_unet", input_size=(64, 64), latency=False)
     big = measure("multitask_unet", input_size=(128, 128), latency=False)
@@ -110,6 +130,7 @@ def test_measure_3d():
 def test_render_markdown_and_machine_info():
     rows = efficiency_table(["unet_s1", "unet_s2"], (32, 32), repeats=1, warmup=0)
     info = machine_info()
+    assert machine_info is machine.machine_info  # one machine description, in medkd.measure
     assert {"cpu", "torch", "torch_threads", "logical_cores"} <= set(info)
     md = render_markdown(rows, title="t", machine=info, note="shared CPU")
     lines = md.splitlines()
@@ -117,24 +138,5 @@ def test_render_markdown_and_machine_info():
     assert lines[2].startswith("| model | role | input | params")
     assert any(line.startswith("| unet_s2 | student | 1x32x32 |") for line in lines)
     assert "2 FLOPs per multiply-accumulate" in md and "shared CPU" in md
-
-
-def test_models_cli_text_and_files(tmp_path):
-    text = models_cli("unet_s*", efficiency=False, input_size="1x64x64")
-    lines = text.splitlines()
-    assert "1x64x64" in lines[0]
-    assert lines[2].split()[:4] == ["unet_s1", "student", "2", "57,026"]
-    text = models_cli("*", efficiency=False, input_size="1x32x32x32")
-    assert "kdnet3d" in text and "not shown" in text and "enet" in text.splitlines()[-1]
-    models_cli("unet_s1", efficiency=True, input_size="1x32x32", out=tmp_path / "eff.json", repeats=1)
-    payload = json.loads((tmp_path / "eff.json").read_text())
-    assert payload["rows"][0]["name"] == "unet_s1" and "latency_ms_median" in payload["rows"][0]
-    assert "cpu" in payload["machine"]
-    assert (tmp_path / "eff.md").read_text().count("| unet_s1 |") == 1
-
-
-def test_models_cli_errors():
-    with pytest.raises(ConfigError, match="no model matches 'nothing\\*'"):
-        models_cli("nothing*")
-    with pytest.raises(ConfigError, match="input size '1x256'"):
-        models_cli("*", input_size="1x256")
+    assert lines[3] == "|---|---|" + "---:|" * 9
+    assert md.splitlines()[-3] == "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + "."

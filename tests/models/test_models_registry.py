@@ -10,7 +10,7 @@ from torch import nn
 
 from medkd.errors import ConfigError
 from medkd.models import create_model, list_models, model_info, register_model, tap_features, tap_specs
-from medkd.models.registry import _REGISTRY
+from medkd.models.registry import MODEL_REGISTRY
 
 STUDENTS = ["enet", "erfnet", "espnet", "unet3d_small", "unet_s1", "unet_s2"]
 TEACHERS = ["deeplabv3plus", "kdnet3d", "multitask_transunet", "multitask_unet", "unetplusplus"]
@@ -84,7 +84,7 @@ def test_register_model_validation_and_use():
         with pytest.raises(ValueError, match="already registered"):
             register_model("test_tiny_net")(lambda in_channels, num_classes: nn.Identity())
     finally:
-        _REGISTRY.pop("test_tiny_net", None)
+        MODEL_REGISTRY.unregister("test_tiny_net")
 
 
 # ---- MONAI networks by name ------------------------------------------------------------------------------------

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
+import medkd.train.trainer as trainer_mod
 from medkd.config import BalanceConfig
 from medkd.train.balance import TermBalancer, gradient_norms
-from medkd.train.trainer import validation_collapse
+from medkd.train.validation import validation_collapse
 
 
 def _net():
@@ -187,10 +189,6 @@ def test_validation_collapse_ignores_a_run_that_is_still_improving():
 @pytest.mark.parametrize(("scores", "flagged"), [([0.8, 0.5, 0.5, 0.5], True), ([0.5, 0.6, 0.7, 0.8], False)])
 def test_train_summary_records_a_collapse_from_the_run_history(synth2d, make_run_config, tmp_path, monkeypatch,
                                                                scores, flagged):
-    import json
-
-    import medkd.train.trainer as trainer_mod
-
     given = iter(scores)
     monkeypatch.setattr(trainer_mod, "validate", lambda *args, **kwargs: next(given))
     cfg = make_run_config(synth2d, train={"epochs": 4, "batch_size": 4, "val_every": 1, "threads": 1,

@@ -6,8 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import medkd.train.checkpoint as mod
 from medkd.errors import MedkdError
-from medkd.io import atomic_write_text
+from medkd.io import atomic_write, atomic_write_text
 from medkd.train.checkpoint import (
     flatten_state,
     load_checkpoint,
@@ -57,7 +58,6 @@ def test_interrupted_save_leaves_previous_checkpoint_usable(tmp_path, monkeypatc
     model = _model()
     ckpt = tmp_path / "checkpoints"
     save_checkpoint(ckpt, 1, model.state_dict(), {}, {"epoch": 1})
-    import medkd.train.checkpoint as mod
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
@@ -72,7 +72,6 @@ def test_interrupted_save_leaves_previous_checkpoint_usable(tmp_path, monkeypatc
 def test_atomic_write_leaves_no_partial_file(tmp_path):
     target = tmp_path / "out.txt"
     atomic_write_text(target, "old")
-    from medkd.io import atomic_write
 
     def failing_writer(tmp):
         tmp.write_text("half")

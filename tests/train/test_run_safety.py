@@ -13,10 +13,13 @@ import yaml
 
 from medkd.cli import main
 from medkd.config import parse_config
+from medkd.data.loader import build_bundle
 from medkd.data.splits import carve_validation
 from medkd.errors import ConfigError, MedkdError
-from medkd.train import trainer as trainer_mod
-from medkd.train.trainer import read_metrics, train
+from medkd.run import RunFolder, build_network
+from medkd.train import setup as setup_mod
+from medkd.train.checkpoint import save_weights
+from medkd.train.trainer import train
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[str, int]]:
@@ -96,7 +99,7 @@ def test_resume_with_more_epochs_continues_and_records_them(synth2d, tmp_path):
     train(parse_config(_tiny(synth2d)), run, device="cpu")
     split_before = (run / "split.json").read_bytes()
     train(parse_config(_tiny(synth2d, name="renamed", train={"epochs": 2})), run, resume=True, device="cpu")
-    assert [r["epoch"] for r in read_metrics(run) if r["kind"] == "epoch"] == [1, 2]
+    assert [r["epoch"] for r in RunFolder(run).metrics() if r["kind"] == "epoch"] == [1, 2]
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 2
     assert json.loads((run / "train_summary.json").read_text())["epochs"] == 2
     assert (run / "split.json").read_bytes() == split_before
@@ -128,7 +131,7 @@ def no_data(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the dataset was read before the config was checked")
 
-    monkeypatch.setattr(trainer_mod, "build_bundle", refuse)
+    monkeypatch.setattr(setup_mod, "build_bundle", refuse)
 
 
 def _kd(root: Path, teacher: dict, terms: list[dict]) -> dict:
@@ -140,10 +143,6 @@ def _kd(root: Path, teacher: dict, terms: list[dict]) -> dict:
 @pytest.fixture(scope="module")
 def teacher_checkpoint(synth2d, tmp_path_factory) -> Path:
     """Untrained unet_s1 weights for synth2d (1 channel), as a teacher model + checkpoint."""
-    from medkd.data.loader import build_bundle
-    from medkd.train.checkpoint import save_weights
-    from medkd.train.run_folder import build_network
-
     bundle = build_bundle(parse_config(_tiny(synth2d)))
     net = build_network(parse_config(_tiny(synth2d)).model, bundle.in_channels, bundle.num_classes, 2)
     path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
@@ -186,7 +185,7 @@ def test_bad_tap_fails_before_the_run_folder_is_written(synth2d, tmp_path, teach
     def refuse(*args, **kwargs):
         raise AssertionError("training samples were loaded before the taps were checked")
 
-    monkeypatch.setattr(trainer_mod, "build_train_source", refuse)
+    monkeypatch.setattr(setup_mod, "build_train_source", refuse)
     teacher = {"model": {"name": "unet_s1"}, "checkpoint": str(teacher_checkpoint)}
     data = _kd(synth2d, teacher, [{"loss": "kernel_matrix", "tap": "bottlenek"}])
     with pytest.raises(ConfigError, match=r"feature tap 'bottlenek' names no module.*nearest valid names"):
@@ -219,7 +218,7 @@ def test_split_file_without_val_gets_a_recorded_carved_validation(synth2d, tmp_p
     assert len(split["val"]) == 3 and sorted(split["train"] + split["val"]) == ids[:12]
     assert split["test"] == ids[12:]
     assert split["val_carved_from_train"] is True and split["val_carve"]["fraction"] == 0.25
-    assert "val_dice" in [r for r in read_metrics(tmp_path / "run") if r["kind"] == "epoch"][0]
+    assert "val_dice" in [r for r in RunFolder(tmp_path / "run").metrics() if r["kind"] == "epoch"][0]
     out = capsys.readouterr().out
     assert "has no 'val' list; validating on 3 case(s) carved from its train list" in out
     # an explicit empty list is respected (no carving), and the run says it has no validation
@@ -242,8 +241,6 @@ def test_split_file_too_small_to_carve_is_refused_before_writing(synth2d, tmp_pa
 
 def test_prepare_keeps_split_json_on_resume(synth2d, tmp_path):
     """A resumed run keeps its split.json byte for byte even if the dataset's extra facts changed."""
-    from medkd.data.loader import build_bundle
-    from medkd.train.run_folder import RunFolder
 
     cfg = parse_config(_tiny(synth2d))
     bundle = build_bundle(cfg)

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from medkd.cli import main
 from medkd.distill.objective import study_objective
-from medkd.train.trainer import read_metrics, train
+from medkd.run import RunFolder
+from medkd.train.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def test_study_objective_trains_from_yaml(study, synth2d, teacher, tmp_path, mak
     config.write_text(yaml.safe_dump(data))
     run = tmp_path / "run"
     assert main(["train", str(config), "--out", str(run), "--no-evaluate"]) == 0
-    steps = [r for r in read_metrics(run) if r["kind"] == "step"]
+    steps = [r for r in RunFolder(run).metrics() if r["kind"] == "step"]
     assert len(steps) >= 2
     n_terms = len(preset["terms"])
     for record in steps:

@@ -7,10 +7,12 @@ import torch
 from safetensors.torch import load_file
 
 from medkd.config import parse_config
-from medkd.errors import MedkdError
+from medkd.data.synthetic import generate_dataset
+from medkd.errors import ConfigError, MedkdError
 from medkd.evaluate.runner import evaluate_run
+from medkd.run import RunFolder
 from medkd.train import trainer as trainer_mod
-from medkd.train.trainer import read_metrics, train
+from medkd.train.trainer import train
 
 
 def _weights(run_dir):
@@ -20,15 +22,13 @@ def _weights(run_dir):
 
 def test_training_learns_an_easy_synthetic_task(tmp_path, make_run_config):
     """Loss falls and whole-case test Dice clears a real threshold on an easy synthetic set."""
-    from medkd.data.synthetic import generate_dataset
-
     root = generate_dataset(tmp_path / "data", dim=2, cases=40, sites=2, size=(64, 64), seed=0)
     cfg = make_run_config(root, train={"epochs": 40, "batch_size": 4, "optimizer": {"name": "adam", "lr": 0.01},
                                        "progress": False},
                           data={"root": str(root), "dim": 2, "size": [64, 64],
                                 "split": {"val": 0.2, "test": 0.2, "seed": 0}})
     result = train(cfg, tmp_path / "run", device="cpu")
-    epochs = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "epoch"]
+    epochs = [r for r in RunFolder(tmp_path / "run").metrics() if r["kind"] == "epoch"]
     assert len(epochs) == 40
     assert epochs[-1]["train_seg"] < 0.6 * epochs[0]["train_seg"]
     assert result.best_val_dice is not None and result.best_val_dice > 0.6
@@ -77,8 +77,8 @@ def test_resumed_run_ends_with_the_same_weights(synth2d, tmp_path, monkeypatch, 
     wa, wb = _weights(tmp_path / "full"), _weights(tmp_path / "killed")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # the log of the resumed run matches the uninterrupted one
-    full = [r for r in read_metrics(tmp_path / "full") if r["kind"] == "epoch"]
-    resumed = [r for r in read_metrics(tmp_path / "killed") if r["kind"] == "epoch"]
+    full = [r for r in RunFolder(tmp_path / "full").metrics() if r["kind"] == "epoch"]
+    resumed = [r for r in RunFolder(tmp_path / "killed").metrics() if r["kind"] == "epoch"]
     assert [r["train_loss"] for r in full] == [r["train_loss"] for r in resumed]
 
 
@@ -91,7 +91,7 @@ def test_distillation_freezes_teacher_and_logs_each_term(synth2d, tmp_path, make
                        "terms": [{"loss": "logits_kl", "weight": 0.5, "temperature": 4.0},
                                  {"loss": "kernel_matrix", "weight": 0.9, "tap": "bottleneck"}]}
     train(parse_config(data), tmp_path / "kd", device="cpu")
-    steps = [r for r in read_metrics(tmp_path / "kd") if r["kind"] == "step"]
+    steps = [r for r in RunFolder(tmp_path / "kd").metrics() if r["kind"] == "step"]
     kd_keys = {k for k in steps[0] if k.startswith("kd/")}
     assert len(kd_keys) == 2
     assert all(all(torch.isfinite(torch.tensor(s[k])) for k in kd_keys) for s in steps)
@@ -113,8 +113,6 @@ def test_teacher_channel_subset_mismatch_is_a_clear_error(synth2d_mm, tmp_path, 
     data["data"]["channels"] = [index_channels[0]]
     data["data"]["teacher_channels"] = [index_channels[0]]
     data["distill"] = {"teacher": {"run": str(tmp_path / "teacher")}, "terms": [{"loss": "logits_kl", "weight": 1}]}
-    from medkd.errors import ConfigError
-
     with pytest.raises(ConfigError, match="teacher reads"):
         train(parse_config(data), tmp_path / "kd", device="cpu")
     # the right subset works: student on modality 0 only, teacher on both
@@ -143,8 +141,8 @@ def test_compiled_distillation_matches_eager(synth2d, tmp_path, make_config, mak
     train(parse_config(data), tmp_path / "eager", device="cpu")
     data["train"]["compile"] = "aot_eager"
     train(parse_config(data), tmp_path / "compiled", device="cpu")
-    eager = [r for r in read_metrics(tmp_path / "eager") if r["kind"] == "step"]
-    compiled = [r for r in read_metrics(tmp_path / "compiled") if r["kind"] == "step"]
+    eager = [r for r in RunFolder(tmp_path / "eager").metrics() if r["kind"] == "step"]
+    compiled = [r for r in RunFolder(tmp_path / "compiled").metrics() if r["kind"] == "step"]
     assert len(eager) == len(compiled) == 4
     for a, b in zip(eager, compiled):
         for key in ("seg", "kd/logits_kl@logits", "kd/kernel_matrix@bottleneck", "loss"):

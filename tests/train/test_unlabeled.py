@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 
 import medkd.data.check as check_mod
+import medkd.data.loader as loader_mod
 import medkd.data.pipeline as pipeline_mod
 from medkd.config import parse_config
+from medkd.data.synthetic import generate_dataset
 from medkd.errors import ConfigError
 from medkd.evaluate.runner import evaluate_run
-from medkd.train.trainer import read_metrics, train
+from medkd.run import RunFolder
+from medkd.train.trainer import train
 
 KL = {"loss": "logits_kl", "weight": 1.0, "temperature": 2.0}
 KD = "kd/logits_kl@logits"  # the term's name in the logs
@@ -33,8 +36,6 @@ def teacher_run(synth2d, tmp_path_factory, make_run_config):
 @pytest.fixture(scope="module")
 def extra_source(tmp_path_factory) -> Path:
     """A second small labelled synthetic dataset (other seed) to copy image folders from."""
-    from medkd.data.synthetic import generate_dataset
-
     root = tmp_path_factory.mktemp("extra") / "src"
     generate_dataset(root, dim=2, cases=3, sites=1, modalities=1, seed=7, size=(40, 40))
     return root
@@ -62,7 +63,7 @@ def _kd_dict(make_config, root, teacher, data=None, distill=None, train=None) ->
 
 
 def _steps(run: Path) -> list[dict]:
-    return [r for r in read_metrics(run) if r["kind"] == "step"]
+    return [r for r in RunFolder(run).metrics() if r["kind"] == "step"]
 
 
 def _record_reads(monkeypatch) -> list[Path]:
@@ -142,8 +143,6 @@ def test_left_out_training_cases_are_distilled_without_their_labels(synth2d, tea
         return out
 
     monkeypatch.setattr(pipeline_mod, "load_case", load_case)
-    import medkd.data.loader as loader_mod
-
     monkeypatch.setattr(loader_mod, "load_case", load_case)
     train(cfg, tmp_path / "run", device="cpu")
     monkeypatch.undo()

@@ -1,4 +1,6 @@
-"""medkd.bench: benchmarks behind ``medkd bench`` (``infer``: teacher vs student CPU inference).
+"""medkd.bench: benchmarks behind ``medkd bench`` (``infer``: teacher vs student CPU inference; ``train``:
+distillation throughput) and ``medkd models`` (:mod:`~medkd.bench.zoo`). Shared measuring code is in
+:mod:`medkd.measure`.
 
 Kept free of heavy imports so that a benchmark worker process loads only what it measures.
 """

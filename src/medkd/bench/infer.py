@@ -19,6 +19,10 @@ over 2 s; the load average lags and counts the benchmark's own workers) and is r
 times) when others used more than that while it ran, within a total budget of ``wait_budget_s`` seconds.
 The load average is recorded before and after each model.
 
+The workers are :mod:`medkd.bench.infer_torch` and :mod:`medkd.bench.infer_onnx` (protocol in
+:mod:`medkd.bench.worker`), the markdown comes from :mod:`medkd.bench.infer_report`; timing, memory, machine
+and load helpers from :mod:`medkd.measure`.
+
 Example::
 
     from medkd.bench.infer import run_bench
@@ -29,31 +33,22 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
-import platform
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medkd.errors import ConfigError, MedkdError
+from medkd.bench.infer_report import render_markdown
+from medkd.bench.worker import run_worker
+from medkd.errors import ConfigError, unknown_name_error
+from medkd.io import atomic_write_json, atomic_write_text
+from medkd.measure.load import children_cpu_seconds, cpu_busy_seconds, other_cores, wait_for_quiet
+from medkd.measure.machine import load_average, machine_info
+from medkd.models import list_models, model_info
 
-__all__ = [
-    "DEFAULT_MODELS",
-    "ENGINES",
-    "TARGETS",
-    "peak_rss_mb",
-    "render_markdown",
-    "run_bench",
-    "busy_cores",
-    "time_ms",
-    "wait_for_quiet",
-]
+__all__ = ["DEFAULT_MODELS", "ENGINES", "TARGETS", "render_markdown", "run_bench"]
 
 #: Teachers and students measured by default.
 DEFAULT_MODELS: tuple[str, ...] = ("unetplusplus", "deeplabv3plus", "enet", "espnet", "erfnet", "unet_s1")
@@ -62,209 +57,10 @@ ENGINES: tuple[str, ...] = ("torch", "onnx")
 #: Issue targets: the student's ms per slice at most this, and at least this many times faster than the teacher.
 TARGETS: dict[str, Any] = {"student": "enet", "teacher": "unetplusplus", "max_ms_per_slice": 10.0, "min_speedup": 100.0}
 
-_MB = 1024 * 1024
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (``VmHWM``, else ``ru_maxrss``)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / _MB
-
-
-def _rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return peak_rss_mb()
-
-
-def time_ms(fn: Callable[[], Any], repeats: int, warmup: int, max_seconds: float = 30.0) -> list[float]:
-    """Wall times in ms of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones.
-
-    Stops early once ``max_seconds`` have passed and at least ``min(3, repeats)`` runs are timed.
-    """
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeats:
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-        if time.perf_counter() - start > max_seconds and len(times) >= min(3, repeats):
-            break
-    return times
-
-
-def _stats(times: list[float]) -> dict[str, Any]:
-    return {"median": statistics.median(times), "min": min(times), "runs": len(times)}
-
-
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:  # pragma: no cover - not on every platform
-        return None
-
-
-def _cpu_busy_seconds() -> float | None:
-    """Busy CPU seconds of the whole machine since boot, summed over cores (``/proc/stat``), or None."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()
-    except (OSError, IndexError):
-        return None
-    if fields[0] != "cpu":
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def busy_cores(interval: float = 2.0) -> float | None:
-    """Cores kept busy by the whole machine over the next ``interval`` seconds (None without /proc/stat)."""
-    first = _cpu_busy_seconds()
-    if first is None:
-        return None
-    t0 = time.monotonic()
-    time.sleep(interval)
-    return max(0.0, (_cpu_busy_seconds() - first) / (time.monotonic() - t0))
-
-
-def wait_for_quiet(max_busy: float, timeout_s: float = 600.0, poll_s: float = 5.0) -> dict[str, Any]:
-    """Wait until the machine uses less than ``max_busy`` cores over a 2 s sample (at most ``timeout_s``).
-
-    Without ``/proc/stat`` the 1-minute load average is compared instead.
-
-    Returns:
-        ``{"waited_s", "busy_cores", "load_average", "quiet"}``; ``quiet`` is false when the timeout passed first.
-    """
-    start = time.monotonic()
-    while True:
-        busy = busy_cores()
-        load = _loadavg()
-        level = busy if busy is not None else (load[0] if load else 0.0)
-        done = level < max_busy
-        if done or time.monotonic() - start >= timeout_s:
-            return {"waited_s": round(time.monotonic() - start, 1),
-                    "busy_cores": None if busy is None else round(busy, 2), "load_average": load, "quiet": done}
-        time.sleep(poll_s)
-
-
-# ----------------------------------------------------------------------------------------------- workers
-
-
-def _torch_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Build the model, time it with PyTorch eager, then save safetensors and export ONNX (after measuring)."""
-    import torch
-
-    torch.set_num_threads(spec["threads"])
-    from medkd.models import count_parameters, create_model, model_info
-
-    base = _rss_mb()
-    torch.manual_seed(0)
-    model = create_model(spec["model"], spec["in_channels"], spec["num_classes"], spatial_dims=2).eval()
-    size, depth = spec["size"], spec["depth"]
-    gen = torch.Generator().manual_seed(0)
-    slice_x = torch.randn(1, spec["in_channels"], size, size, generator=gen)
-    volume_x = torch.randn(depth, spec["in_channels"], size, size, generator=gen)
-    from medkd.models import normalize_output
-
-    with torch.inference_mode():
-        slice_t = time_ms(lambda: model(slice_x), spec["repeats"], spec["warmup"], spec["max_seconds"])
-        volume_t = time_ms(lambda: normalize_output(model(volume_x)).argmax(1), spec["volume_repeats"],
-                           min(1, spec["warmup"]), spec["max_seconds"])
-    peak = peak_rss_mb()
-    threads = torch.get_num_threads()
-    work = Path(spec["workdir"])
-    from safetensors.torch import save_model
-
-    from medkd.export import _export_onnx
-
-    save_model(model, str(work / "model.safetensors"))
-    exported = _export_onnx(model, work / "model.onnx", slice_x, check=spec["check_export"])
-    return {
-        "role": model_info(spec["model"])["role"],
-        "params": count_parameters(model),
-        "safetensors_mb": (work / "model.safetensors").stat().st_size / _MB,
-        "onnx_mb": (work / "model.onnx").stat().st_size / _MB,
-        "onnx_dynamic": exported["dynamic"],
-        "torch_version": torch.__version__,
-        "engine": {"ms_per_slice": _stats(slice_t), "ms_per_volume": _stats(volume_t), "peak_rss_mb": peak,
-                   "base_rss_mb": base, "threads": threads, "imports_torch": True},
-    }
-
-
-def _onnx_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Time the ONNX export with onnxruntime's CPU provider; imports numpy and onnxruntime only."""
-    import numpy as np
-    import onnxruntime as ort
-
-    base = _rss_mb()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = spec["threads"]
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(Path(spec["workdir"]) / "model.onnx"), sess_options=opts,
-                                   providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    rng = np.random.default_rng(0)
-    size, depth, c = spec["size"], spec["depth"], spec["in_channels"]
-    slice_x = rng.standard_normal((1, c, size, size), dtype=np.float32)
-    volume_x = rng.standard_normal((depth, c, size, size), dtype=np.float32)
-    slice_t = time_ms(lambda: session.run(None, {name: slice_x}), spec["repeats"], spec["warmup"], spec["max_seconds"])
-    volume_t = time_ms(lambda: np.argmax(session.run(None, {name: volume_x})[0], axis=1), spec["volume_repeats"],
-                       min(1, spec["warmup"]), spec["max_seconds"])
-    return {
-        "onnxruntime_version": ort.__version__,
-        "engine": {"ms_per_slice": _stats(slice_t), "ms_per_volume": _stats(volume_t), "peak_rss_mb": peak_rss_mb(),
-                   "base_rss_mb": base, "threads": spec["threads"], "imports_torch": "torch" in sys.modules},
-    }
-
-
-def _worker_main(argv: Sequence[str]) -> int:
-    kind, spec_path, out_path = argv
-    spec = json.loads(Path(spec_path).read_text())
-    result = (_torch_worker if kind == "torch" else _onnx_worker)(spec)
-    Path(out_path).write_text(json.dumps(result))
-    return 0
-
-
-def _run_worker(kind: str, spec: dict[str, Any], work: Path, timeout_s: float) -> dict[str, Any]:
-    spec_path, out_path = work / f"{kind}_spec.json", work / f"{kind}_result.json"
-    spec_path.write_text(json.dumps(spec))
-    env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = str(spec["threads"])
-    try:
-        proc = subprocess.run([sys.executable, "-m", "medkd.bench.infer", kind, str(spec_path), str(out_path)],
-                              env=env, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        raise MedkdError(f"bench infer: {spec['model']} ({kind}) took longer than {timeout_s:.0f} s") from None
-    if proc.returncode != 0 or not out_path.is_file():
-        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-        why = lines[-1] if lines else f"exit status {proc.returncode}"
-        raise MedkdError(f"bench infer: {spec['model']} ({kind}) worker failed: {why}")
-    return json.loads(out_path.read_text())
-
-
-def _children_cpu_seconds() -> float:
-    import resource
-
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
+#: Settings every worker's spec copies.
+_SPEC_KEYS = ("depth", "repeats", "warmup", "volume_repeats", "threads", "in_channels", "num_classes", "max_seconds")
+#: The worker module of each engine (run as ``python -m``).
+_WORKERS: dict[str, str] = {"torch": "medkd.bench.infer_torch", "onnx": "medkd.bench.infer_onnx"}
 
 
 def _measure(kind: str, spec: dict[str, Any], work: Path, timeout_s: float, max_busy: float | None,
@@ -274,10 +70,10 @@ def _measure(kind: str, spec: dict[str, Any], work: Path, timeout_s: float, max_
     for attempt in range(retries + 1):
         if max_busy is not None:
             waits.append(wait_for_quiet(max_busy, timeout_s=max(0.0, deadline - time.monotonic())))
-        busy0, cpu0, t0 = _cpu_busy_seconds(), _children_cpu_seconds(), time.monotonic()
-        result = _run_worker(kind, spec, work, timeout_s)
-        busy1, cpu1, wall = _cpu_busy_seconds(), _children_cpu_seconds(), time.monotonic() - t0
-        others = None if busy0 is None or busy1 is None else max(0.0, (busy1 - busy0) - (cpu1 - cpu0)) / wall
+        busy0, cpu0, t0 = cpu_busy_seconds(), children_cpu_seconds(), time.monotonic()
+        result = run_worker(kind, _WORKERS[kind], spec, work, timeout_s)
+        busy1, cpu1, wall = cpu_busy_seconds(), children_cpu_seconds(), time.monotonic() - t0
+        others = other_cores(None if busy0 is None or busy1 is None else busy1 - busy0, cpu1 - cpu0, wall)
         result["engine"].update(other_cpu_cores=None if others is None else round(others, 3), attempts=attempt + 1,
                                 waited_s=round(sum(w["waited_s"] for w in waits), 1))
         if max_busy is None or others is None or others < max_busy or time.monotonic() >= deadline:
@@ -289,9 +85,11 @@ def _measure(kind: str, spec: dict[str, Any], work: Path, timeout_s: float, max_
 
 
 def _check_models(models: Sequence[str]) -> list[str]:
-    from medkd.errors import unknown_name_error
-    from medkd.models import list_models, model_info
+    """The distinct model names, in order.
 
+    Raises:
+        ConfigError: no names, or one that is not a 2D zoo model.
+    """
     names = list(dict.fromkeys(models))
     if not names:
         raise ConfigError("bench infer: --models is empty")
@@ -304,25 +102,17 @@ def _check_models(models: Sequence[str]) -> list[str]:
     return names
 
 
-def _machine(threads: int) -> dict[str, Any]:
-    try:
-        from medkd.models.efficiency import machine_info
-
-        info = machine_info()
-    except Exception:  # pragma: no cover - keep the benchmark running without the efficiency module
-        info = {"logical_cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
-    try:
-        import onnxruntime
-
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:  # pragma: no cover
-        info["onnxruntime"] = None
-    info["threads"] = threads
+def _machine(threads: int, versions: dict[str, Any]) -> dict[str, Any]:
+    """:func:`~medkd.measure.machine_info` less torch's threads, plus the workers' versions and ``threads``."""
+    info = machine_info()
     info.pop("torch_threads", None)
+    info.update(onnxruntime=None, threads=threads)
+    info.update({k: v for k, v in versions.items() if v})
     return info
 
 
 def _targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """:data:`TARGETS` with, per engine, the student's ms per slice and its speed-up over the teacher."""
     by_name = {r["name"]: r for r in rows}
     student, teacher = by_name.get(TARGETS["student"]), by_name.get(TARGETS["teacher"])
     out: dict[str, Any] = {**TARGETS, "engines": {}}
@@ -401,25 +191,46 @@ def run_bench(
                 "max_seconds": max_seconds, "threads": threads, "weights": "random init (seed 0)",
                 "max_busy": max_busy, "retries": retries, "wait_budget_s": wait_budget_s,
                 "volume": f"{size}x{size}x{depth} stack, slice-wise, all {depth} slices in one batch, logits -> argmax"}
-    load_before = _loadavg()
+    load_before = load_average()
+    base = {**{k: settings[k] for k in _SPEC_KEYS}, "size": size, "check_export": check_export}
+    rows, versions = _measure_models(names, base, timeout_s, max_busy, retries, deadline)
+    teacher = _add_speedups(rows)
+    payload: dict[str, Any] = {
+        "benchmark": "medkd bench infer", "machine": _machine(threads, versions), "settings": settings,
+        "load_average": {"before": load_before, "after": load_average()},
+        "reference_teacher": None if teacher is None else teacher["name"], "models": rows,
+        "targets": _targets(rows), "note": note}
+    markdown = render_markdown(payload)
+    if out is not None:
+        out = Path(out)
+        atomic_write_json(out / f"{stem}.json", payload)
+        atomic_write_text(out / f"{stem}.md", markdown)
+    return {**payload, "markdown": markdown}
+
+
+def _measure_models(names: Sequence[str], base: dict[str, Any], timeout_s: float, max_busy: float | None,
+                    retries: int, deadline: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One row per model (both engines, each in its worker process) and the torch / onnxruntime versions."""
     rows: list[dict[str, Any]] = []
     versions: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="medkd_bench_") as tmp:
         for name in names:
             work = Path(tmp) / name.replace(".", "_")
             work.mkdir()
-            spec = {"model": name, "size": size, "depth": depth, "repeats": repeats, "warmup": warmup,
-                    "volume_repeats": settings["volume_repeats"], "threads": threads, "in_channels": in_channels,
-                    "num_classes": num_classes, "max_seconds": max_seconds, "workdir": str(work),
-                    "check_export": check_export}
-            row_load = _loadavg()
+            spec = {"model": name, **base, "workdir": str(work)}
+            row_load = load_average()
             t = _measure("torch", spec, work, timeout_s, max_busy, retries, deadline)
             o = _measure("onnx", spec, work, timeout_s, max_busy, retries, deadline)
             versions.update(torch=t.pop("torch_version"), onnxruntime=o.pop("onnxruntime_version"))
             rows.append({"name": name, "role": t["role"], "params": t["params"],
                          "safetensors_mb": t["safetensors_mb"], "onnx_mb": t["onnx_mb"],
                          "onnx_dynamic": t["onnx_dynamic"], "load_average_before": row_load,
-                         "load_average_after": _loadavg(), "engines": {"torch": t["engine"], "onnx": o["engine"]}})
+                         "load_average_after": load_average(), "engines": {"torch": t["engine"], "onnx": o["engine"]}})
+    return rows, versions
+
+
+def _add_speedups(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Set each row's ``speedup_vs_teacher`` against :data:`TARGETS`' teacher (else the first teacher); return it."""
     teacher = next((r for r in rows if r["name"] == TARGETS["teacher"]), None)
     if teacher is None:
         teacher = next((r for r in rows if r["role"] == "teacher"), None)
@@ -427,97 +238,4 @@ def run_bench(
         r["speedup_vs_teacher"] = None if teacher is None else {
             e: teacher["engines"][e]["ms_per_slice"]["median"] / r["engines"][e]["ms_per_slice"]["median"]
             for e in ENGINES}
-    machine = _machine(threads)
-    machine.update({k: v for k, v in versions.items() if v})
-    payload: dict[str, Any] = {
-        "benchmark": "medkd bench infer",
-        "machine": machine,
-        "settings": settings,
-        "load_average": {"before": load_before, "after": _loadavg()},
-        "reference_teacher": None if teacher is None else teacher["name"],
-        "models": rows,
-        "targets": _targets(rows),
-        "note": note,
-    }
-    markdown = render_markdown(payload)
-    if out is not None:
-        from medkd.io import atomic_write_json, atomic_write_text
-
-        out = Path(out)
-        atomic_write_json(out / f"{stem}.json", payload)
-        atomic_write_text(out / f"{stem}.md", markdown)
-    return {**payload, "markdown": markdown}
-
-
-def _f(v: float | None, spec: str = ".1f") -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def render_markdown(payload: dict[str, Any]) -> str:
-    """The benchmark as a markdown document: table, targets, method, machine."""
-    s = payload["settings"]
-    size = "x".join(str(v) for v in s["size"])
-    ref = payload.get("reference_teacher")
-    lines = [f"# CPU inference: teachers vs students ({size} slices, {s['threads']} threads)", ""]
-    head = ["model", "role", "params (M)", "safetensors (MB)", "ONNX (MB)", "torch ms/slice", "ORT ms/slice",
-            f"torch ms/volume (x{s['depth']})", f"ORT ms/volume (x{s['depth']})", "torch peak RSS (MB)",
-            "ORT peak RSS (MB)", f"speed-up vs {ref or 'teacher'} (torch / ORT)", "others' CPU (cores, torch / ORT)"]
-    lines += ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
-    for r in payload["models"]:
-        t, o = r["engines"]["torch"], r["engines"]["onnx"]
-        sp = r.get("speedup_vs_teacher")
-        lines.append("| " + " | ".join([
-            r["name"], r["role"], f"{r['params'] / 1e6:.3f}", _f(r["safetensors_mb"], ".2f"), _f(r["onnx_mb"], ".2f"),
-            _f(t["ms_per_slice"]["median"]), _f(o["ms_per_slice"]["median"]),
-            _f(t["ms_per_volume"]["median"], ".0f"), _f(o["ms_per_volume"]["median"], ".0f"),
-            _f(t["peak_rss_mb"], ".0f"), _f(o["peak_rss_mb"], ".0f"),
-            "-" if sp is None else f"{sp['torch']:.1f}x / {sp['onnx']:.1f}x",
-            f"{_f(t.get('other_cpu_cores'), '.2f')} / {_f(o.get('other_cpu_cores'), '.2f')}",
-        ]) + " |")
-    tg = payload["targets"]
-    lines += ["", "## Issue targets", ""]
-    names = {"torch": "PyTorch eager", "onnx": "onnxruntime"}
-    for engine, entry in tg["engines"].items():
-        if "student_ms_per_slice" in entry:
-            met = "met" if entry["ms_target_met"] else "not met"
-            lines.append(f"- {tg['student']} <= {tg['max_ms_per_slice']:g} ms per {size} slice on "
-                         f"{s['threads']} threads, {names[engine]}: "
-                         f"{entry['student_ms_per_slice']:.1f} ms — **{met}**.")
-        if "speedup" in entry:
-            met = "met" if entry["speedup_target_met"] else "not met"
-            lines.append(f"- {tg['student']} >= {tg['min_speedup']:g}x faster than {tg['teacher']}, {names[engine]}: "
-                         f"{entry['teacher_ms_per_slice']:.1f} / {entry['student_ms_per_slice']:.1f} ms = "
-                         f"{entry['speedup']:.1f}x — **{met}**.")
-    if not any(tg["engines"].values()):
-        lines.append(f"- not evaluated: the run did not include {tg['student']} and {tg['teacher']}.")
-    la = payload["load_average"]
-    m = payload["machine"]
-    lines += [
-        "", "## Method", "",
-        f"- Slice: batch 1, 1 x {s['in_channels']} x {size}, median of up to {s['repeats']} timed runs after "
-        f"{s['warmup']} warm-up runs (a measurement stops after {s['max_seconds']:g} s once it has 3 runs; "
-        "`runs` in the JSON).",
-        f"- Volume: {s['volume']}; median of up to {s['volume_repeats']} runs after {min(1, s['warmup'])} "
-        "warm-up run(s).",
-        "- Each model and engine runs in a fresh process; peak RSS is that process's VmHWM right after its timed "
-        "runs (imports + weights + inference). The onnxruntime process imports numpy and onnxruntime only.",
-        f"- Weights: {s['weights']} (timing does not depend on values); {s['num_classes']} output classes. "
-        "PyTorch: eval mode, `torch.inference_mode`. onnxruntime: CPU provider, sequential execution, "
-        f"{s['threads']} intra-op threads; ONNX from `medkd.export.export_onnx` (opset 17).",
-        "", "## Machine", "",
-        "- " + ", ".join(f"{k} {v}" for k, v in m.items() if v is not None) + ".",
-        f"- Load average (1, 5, 15 min) before: {la['before']}, after: {la['after']}; per model in the JSON "
-        "(`load_average_before` / `_after`).",
-        "- The CPU is shared with other jobs. \"Others' CPU\" is the CPU time other processes used while a worker "
-        "ran (`/proc/stat` busy time minus the worker's own), in cores: near 0 means an undisturbed measurement."
-        + (f" Each worker waited for fewer than {s['max_busy']:g} busy cores first and was re-run (at most "
-           f"{s['retries']} times) when others used more while it ran (`attempts`, `waited_s` in the JSON)."
-           if s.get("max_busy") is not None else ""),
-    ]
-    if payload.get("note"):
-        lines += ["", "## Note", "", payload["note"]]
-    return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    sys.exit(_worker_main(sys.argv[1:]))
+    return teacher

@@ -156,83 +156,83 @@ def _label_values(raw: np.ndarray) -> np.ndarray:
     return np.unique(ints)
 
 
-def check_case(index: DatasetIndex, case: Case, image_only: bool = False) -> tuple[dict[str, Any], list[str]]:
-    """Read one case's files and check them (``image_only``: its images alone; the label file stays closed).
+#: What a case's images show when they could be read: shape, affine, dtype (None when they could not).
+ImageFacts = tuple[tuple[int, ...], np.ndarray, str] | None
 
-    Returns:
-        Facts (``shape``, ``spacing``, ``dtype``, ``values`` raw label values, ``present`` mapped values) —
-        empty when the files could not be read — and the problems found.
-    """
-    problems: list[str] = []
+
+def _check_stacked_image(index: DatasetIndex, case: Case, problems: list[str]) -> ImageFacts:
+    """One file with every channel on ``case.channel_axis`` (MSD 4D images)."""
     n_channels = len(index.channel_names)
-    facts: dict[str, Any] = {}
-    if case.channel_axis is not None:
-        path = case.image_files[0]
+    path = case.image_files[0]
+    got = _read(path, problems)
+    if got is None:
+        return None
+    array, affine = got
+    if array.ndim < 4 or array.shape[case.channel_axis] != n_channels:
+        count = array.shape[case.channel_axis] if array.ndim >= 4 else 1
+        problems.append(f"{path}: {count} channel(s) on the last axis of shape {array.shape}; "
+                        f"the dataset declares {n_channels} ({', '.join(index.channel_names)})")
+        return None
+    finite = _finite_problem(path, array)
+    if finite:
+        problems.append(finite)
+    return tuple(np.delete(np.asarray(array.shape), case.channel_axis % array.ndim)), affine, str(array.dtype)
+
+
+def _check_channel_files(case: Case, problems: list[str]) -> ImageFacts:
+    """One file per channel (nnU-Net ``_0000``, ``_0001``, ...): each readable, finite, on channel 0's grid."""
+    shape, affine, dtype, fatal = None, None, None, False
+    for path in case.image_files:
         got = _read(path, problems)
         if got is None:
-            return facts, problems
-        array, affine = got
-        if array.ndim < 4 or array.shape[case.channel_axis] != n_channels:
-            count = array.shape[case.channel_axis] if array.ndim >= 4 else 1
-            problems.append(f"{path}: {count} channel(s) on the last axis of shape {array.shape}; "
-                            f"the dataset declares {n_channels} ({', '.join(index.channel_names)})")
-            return facts, problems
-        shape = tuple(np.delete(np.asarray(array.shape), case.channel_axis % array.ndim))
+            fatal = True
+            continue
+        array, aff = got
+        if array.ndim > 3 and array.shape[3:] != (1,) * (array.ndim - 3):
+            problems.append(f"{path}: {array.ndim}D image of shape {array.shape}; expected one 2D/3D volume "
+                            "per channel file (channel count differs)")
+            fatal = True
+            continue
+        array = array.reshape(array.shape[:3]) if array.ndim > 3 else array
         finite = _finite_problem(path, array)
         if finite:
             problems.append(finite)
-        dtype = str(array.dtype)
-    else:
-        shape, affine, dtype, fatal = None, None, None, False
-        for path in case.image_files:
-            got = _read(path, problems)
-            if got is None:
-                fatal = True
-                continue
-            array, aff = got
-            if array.ndim > 3 and array.shape[3:] != (1,) * (array.ndim - 3):
-                problems.append(f"{path}: {array.ndim}D image of shape {array.shape}; expected one 2D/3D volume "
-                                "per channel file (channel count differs)")
-                fatal = True
-                continue
-            array = array.reshape(array.shape[:3]) if array.ndim > 3 else array
-            finite = _finite_problem(path, array)
-            if finite:
-                problems.append(finite)
-            if shape is None:
-                shape, affine, dtype = tuple(array.shape), aff, str(array.dtype)
-            elif tuple(array.shape) != shape:
-                problems.append(f"{path}: shape {array.shape} differs from channel 0 {shape}")
-                fatal = True
-            elif _same_affine(aff, affine) > AFFINE_TOLERANCE:
-                problems.append(f"{path}: affine differs from channel 0 by up to {_same_affine(aff, affine):.4g} mm")
-        if shape is None or fatal:
-            return facts, problems
-    facts.update(shape=shape, spacing=_spacing(affine), dtype=dtype)
-    if image_only:
-        return facts, problems
+        if shape is None:
+            shape, affine, dtype = tuple(array.shape), aff, str(array.dtype)
+        elif tuple(array.shape) != shape:
+            problems.append(f"{path}: shape {array.shape} differs from channel 0 {shape}")
+            fatal = True
+        elif _same_affine(aff, affine) > AFFINE_TOLERANCE:
+            problems.append(f"{path}: affine differs from channel 0 by up to {_same_affine(aff, affine):.4g} mm")
+    return None if shape is None or fatal else (shape, affine, dtype)
+
+
+def _check_label(index: DatasetIndex, case: Case, image: tuple[tuple[int, ...], np.ndarray, str],
+                 problems: list[str]) -> dict[str, Any]:
+    """Read and check the label file against the image's grid; returns ``values`` / ``present`` when valid."""
+    shape, affine, _ = image
     if case.label_file is None:
         problems.append(f"{case.image_files[0]}: case {case.case_id!r} has no label file")
-        return facts, problems
+        return {}
     got = _read(case.label_file, problems)
     if got is None:
-        return facts, problems
+        return {}
     raw, laff = got
     if raw.ndim > 3 and raw.shape[3:] == (1,) * (raw.ndim - 3):
         raw = raw.reshape(raw.shape[:3])
     if tuple(raw.shape) != shape:
         problems.append(f"{case.label_file}: label shape {raw.shape} differs from image shape {shape}")
-        return facts, problems
+        return {}
     if _same_affine(laff, affine) > AFFINE_TOLERANCE:
         problems.append(f"{case.label_file}: label affine differs from the image's by up to "
                         f"{_same_affine(laff, affine):.4g} mm")
     finite = _finite_problem(case.label_file, raw)
     if finite:
         problems.append(finite)
-        return facts, problems
+        return {}
     if np.issubdtype(raw.dtype, np.floating) and not np.array_equal(np.rint(raw), raw):
         problems.append(f"{case.label_file}: label values are not integers (e.g. {raw[np.rint(raw) != raw].flat[0]})")
-        return facts, problems
+        return {}
     values = _label_values(raw)
     mapped = np.unique(index.map_label_values(values))
     declared = set(index.labels.values())
@@ -241,7 +241,27 @@ def check_case(index: DatasetIndex, case: Case, image_only: bool = False) -> tup
         where = "dataset.json" if (index.root / "dataset.json").is_file() else "the dataset's labels"
         problems.append(f"{case.label_file}: label value(s) {undeclared} not declared in {where} "
                         f"(declared: {sorted(declared)})")
-    facts.update(values=[int(v) for v in values], present={int(v) for v in mapped})
+    return {"values": [int(v) for v in values], "present": {int(v) for v in mapped}}
+
+
+def check_case(index: DatasetIndex, case: Case, image_only: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """Read one case's files and check them (``image_only``: its images alone; the label file stays closed).
+
+    Returns:
+        Facts (``shape``, ``spacing``, ``dtype``, ``values`` raw label values, ``present`` mapped values) —
+        empty when the files could not be read — and the problems found.
+    """
+    problems: list[str] = []
+    if case.channel_axis is not None:
+        image = _check_stacked_image(index, case, problems)
+    else:
+        image = _check_channel_files(case, problems)
+    if image is None:
+        return {}, problems
+    shape, affine, dtype = image
+    facts: dict[str, Any] = {"shape": shape, "spacing": _spacing(affine), "dtype": dtype}
+    if not image_only:
+        facts.update(_check_label(index, case, image, problems))
     return facts, problems
 
 

@@ -33,7 +33,9 @@ from medkd.data.pipeline import (
     resize_label,
     slice_samples,
 )
+from medkd.data.prepared import prepared_slices
 from medkd.data.preprocess import model_in_channels, neighbour_positions
+from medkd.data.protocols import simulate_sites
 from medkd.data.splits import make_split, subsample_cases
 from medkd.errors import ConfigError
 
@@ -64,8 +66,6 @@ def open_dataset(data: DataConfig, root: str | None = None) -> DatasetIndex:
     index = read_dataset(root or data.root, data.format)
     index = with_label_map(index, data.label_map)
     if data.simulate_sites is not None:
-        from medkd.data.protocols import simulate_sites
-
         index = simulate_sites(index, data.simulate_sites.k, data.simulate_sites.seed, data.split.group_pattern)
     return index
 
@@ -341,8 +341,6 @@ def build_train_source(cfg: RunConfig, bundle: DataBundle) -> SliceSource | Patc
     """
     progress = "loading training cases" if cfg.train.progress else None
     if cfg.data.dim == 2:
-        from medkd.data.prepared import prepared_slices
-
         images, labels, origin, _ = prepared_slices(cfg.data, bundle.index, bundle.split["train"],
                                                     bundle.loaded_channels, progress=progress)
         return SliceSource.from_arrays(images, labels, origin)

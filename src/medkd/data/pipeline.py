@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from medkd.config import DataConfig
 from medkd.data.formats import Case, DatasetIndex, read_image
 from medkd.data.preprocess import GridRecord, add_neighbour_slices, apply_spatial, clip_percentiles
+from medkd.data.protocols import apply_simulated_site
 from medkd.errors import DataError
 
 __all__ = [
@@ -132,8 +133,6 @@ def load_case(case: Case, channels: Sequence[int], labels: dict[str, int] | None
     if not np.isfinite(image).all():
         raise DataError(f"{case.image_files[0]}: image contains NaN or Inf voxels")
     if index is not None and index.meta.get("simulated_sites") and case.site is not None:
-        from medkd.data.protocols import apply_simulated_site
-
         image = apply_simulated_site(index, case, image, channels)
     label = None
     if case.label_file is not None and labels is not None:

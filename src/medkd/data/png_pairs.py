@@ -24,14 +24,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
-from medkd.data.formats import (
+from medkd.data.formats_base import (
     Case,
     DatasetIndex,
-    _channel_names,
-    _labels_from_json,
-    _load_dataset_json,
-    _read_sites,
+    channel_names,
+    labels_from_json,
+    load_dataset_json,
+    read_sites,
     register_format,
 )
 from medkd.errors import DataError
@@ -49,8 +50,6 @@ def read_png(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         DataError: the file is missing, not an image, or truncated.
     """
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
@@ -85,8 +84,6 @@ def _is_png_pairs(root: Path) -> bool:
 
 
 def _infer_channels(first: Path) -> list[str]:
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(first) as img:
             mode = img.mode
@@ -95,7 +92,7 @@ def _infer_channels(first: Path) -> list[str]:
     return ["gray"] if mode in _GRAY_MODES else ["R", "G", "B"]
 
 
-@register_format("png_pairs", _is_png_pairs)
+@register_format("png_pairs", _is_png_pairs, order=30)
 def read_png_pairs(root: Path) -> DatasetIndex:
     """Read a folder of image / mask PNG pairs (see the module docstring)."""
     root = Path(root)
@@ -103,7 +100,7 @@ def read_png_pairs(root: Path) -> DatasetIndex:
     if not images_dir.is_dir() or not masks_dir.is_dir():
         raise DataError(f"{root}: expected 'images/' and 'masks/' folders of PNG files")
     json_path = root / "dataset.json"
-    data = _load_dataset_json(root, required=False)
+    data = load_dataset_json(root, required=False)
     issues: list[str] = []
     images: dict[str, Path] = {}
     masks: dict[str, Path] = {}
@@ -117,17 +114,17 @@ def read_png_pairs(root: Path) -> DatasetIndex:
     if not images:
         raise DataError(f"{images_dir}: no .png images")
     if "channel_names" in data or "modality" in data:
-        channels = _channel_names(data, json_path)
+        channels = channel_names(data, json_path)
     else:
         channels = _infer_channels(next(iter(images.values())))
     if len(channels) not in (1, 3):
         raise DataError(f"{json_path}: PNG images have 1 (gray) or 3 (RGB) channels, {len(channels)} declared")
     label_map: dict[int, int] = {}
     if "labels" in data:
-        labels = _labels_from_json(data, json_path)
+        labels = labels_from_json(data, json_path)
     else:
         labels, label_map = {"background": 0, "foreground": 1}, {255: 1}
-    sites = _read_sites(root)
+    sites = read_sites(root)
     cases = []
     for key, image in images.items():
         if key not in masks:

@@ -37,11 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import monai
 import numpy as np
 import torch
 
 from medkd.config import DataConfig
 from medkd.data.formats import DatasetIndex
+from medkd.data.pipeline import prepare_cases, slice_samples
 from medkd.errors import ConfigError, MedkdError
 
 __all__ = ["FORMAT_VERSION", "PreparedInfo", "cache_root", "fingerprint", "folder_size", "prepared_slices"]
@@ -82,8 +84,6 @@ def fingerprint(data: DataConfig, index: DatasetIndex, case_ids: Sequence[str], 
     Raises:
         OSError: a case file cannot be stat'ed (the load that follows reports it properly).
     """
-    import monai
-
     cases = []
     for cid in case_ids:
         case = index.case(cid)
@@ -204,8 +204,6 @@ def prepared_slices(data: DataConfig, index: DatasetIndex, case_ids: Sequence[st
         ConfigError: ``data.prepared_dir`` lies inside the dataset folder.
         MedkdError: ``must_write`` and the cache folder cannot be written (the message names it).
     """
-    from medkd.data.pipeline import prepare_cases, slice_samples
-
     def compute() -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, int]]]:
         cases = prepare_cases(index, case_ids, channels, data, progress=progress)
         return slice_samples(cases, tuple(data.size), data.foreground_slices_only)

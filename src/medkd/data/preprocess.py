@@ -37,6 +37,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
+from monai.transforms import (
+    CenterSpatialCropd,
+    ClipIntensityPercentiles,
+    Compose,
+    CropForegroundd,
+    Orientationd,
+    Spacingd,
+)
 
 from medkd.config import DataConfig
 
@@ -68,8 +77,6 @@ def build_spatial_transform(data: DataConfig) -> Any | None:
     """The MONAI ``Compose`` of the grid-changing steps of ``data`` (keys ``image`` and ``label``), or None."""
     if not changes_grid(data):
         return None
-    from monai.transforms import CenterSpatialCropd, Compose, CropForegroundd, Orientationd, Spacingd
-
     keys = ("image", "label")
     steps: list[Any] = []
     if data.orientation:
@@ -108,8 +115,6 @@ class GridRecord:
 
         Voxels outside a crop get background probability 1; probabilities still sum to one.
         """
-        from monai.data import MetaTensor
-
         x = MetaTensor(torch.as_tensor(probs, dtype=torch.float32), meta=copy.deepcopy(self.meta))
         x.applied_operations = copy.deepcopy(self.operations)
         out = self.transform.inverse({"image": x})["image"]
@@ -130,8 +135,6 @@ def apply_spatial(image: np.ndarray, label: np.ndarray | None, affine: np.ndarra
     transform = build_spatial_transform(data)
     if transform is None:
         return image, label, None
-    from monai.data import MetaTensor
-
     aff = torch.as_tensor(np.asarray(affine, dtype=np.float64))
     sample: dict[str, Any] = {"image": MetaTensor(torch.as_tensor(image, dtype=torch.float32), affine=aff)}
     if label is not None:
@@ -149,8 +152,6 @@ def apply_spatial(image: np.ndarray, label: np.ndarray | None, affine: np.ndarra
 
 def clip_percentiles(image: np.ndarray, low: float, high: float) -> np.ndarray:
     """Clip each channel of a (C, *spatial) image to its ``low`` and ``high`` percentiles (MONAI)."""
-    from monai.transforms import ClipIntensityPercentiles
-
     out = ClipIntensityPercentiles(low, high, channel_wise=True)(torch.as_tensor(image, dtype=torch.float32))
     return np.asarray(out, dtype=np.float32)
 

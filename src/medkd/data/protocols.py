@@ -1,12 +1,9 @@
 """Evaluation protocols: k-fold cross-validation, leave-one-site-out, and simulated sites.
 
 * **Explicit split file** (``data.split.file``, e.g. ACDC's ``splits.json``): :func:`medkd.data.splits.make_split`.
-* **k-fold** (``data.split.folds`` / ``fold``): :func:`fold_splits`. nnU-Net's convention: the sorted ids are
-  split by scikit-learn's ``KFold(n_splits=k, shuffle=True, random_state=12345)`` — a ``RandomState(seed)``
-  shuffle of ``0..n-1``, then ``k`` consecutive folds, the first ``n % k`` of them one longer. Implemented
-  here with numpy (same result, no scikit-learn needed). With a ``group_pattern`` the folds are drawn over
-  the sorted group keys (patients), so no patient is in two parts. Fold ``i`` is the test part; a seeded
-  ``val`` fraction of the remaining groups validates.
+* **k-fold** (``data.split.folds`` / ``fold``): :func:`fold_splits` (from :mod:`medkd.data.folds`): nnU-Net's
+  shuffled k-fold over the sorted case groups (patients), so no patient is in two parts. Fold ``i`` is the test
+  part; a seeded ``val`` fraction of the remaining groups validates.
 * **Leave-one-site-out** (``data.split.test_sites``): :func:`site_splits` gives one split per target site.
 * **Student data fraction** (``data.train_fraction``): :func:`medkd.data.splits.subsample_cases`; the chosen
   cases are the ``train`` list the run records in ``split.json``.
@@ -34,8 +31,10 @@ from dataclasses import replace
 import numpy as np
 
 from medkd.config import SplitConfig
-from medkd.data.formats import Case, DatasetIndex
-from medkd.data.splits import _groups, make_split
+from medkd.data.folds import NNUNET_FOLD_SEED, fold_splits, group_cases, kfold_test_indices
+from medkd.data.formats_base import Case, DatasetIndex
+from medkd.data.sites import SiteProfile, apply_site, make_site_profiles, random_bias_field
+from medkd.data.splits import make_split
 from medkd.errors import ConfigError
 
 __all__ = [
@@ -47,69 +46,6 @@ __all__ = [
     "site_splits",
     "simulate_sites",
 ]
-
-#: nnU-Net's cross-validation seed.
-NNUNET_FOLD_SEED = 12345
-
-
-def kfold_test_indices(n: int, k: int, seed: int = NNUNET_FOLD_SEED) -> list[np.ndarray]:
-    """Test indices of each fold of a shuffled k-fold split of ``n`` items (scikit-learn ``KFold`` semantics).
-
-    Args:
-        n: number of items.
-        k: number of folds (2 <= k <= n).
-        seed: ``RandomState`` seed of the shuffle.
-
-    Returns:
-        ``k`` arrays of indices; together a permutation of ``0..n-1``.
-    """
-    if k < 2:
-        raise ConfigError(f"data.split.folds: need at least 2 folds, got {k}")
-    if k > n:
-        raise ConfigError(f"data.split.folds: {k} folds but only {n} case group(s)")
-    indices = np.arange(n)
-    np.random.RandomState(seed).shuffle(indices)
-    sizes = np.full(k, n // k, dtype=int)
-    sizes[: n % k] += 1
-    bounds = np.concatenate([[0], np.cumsum(sizes)])
-    return [indices[bounds[i]:bounds[i + 1]] for i in range(k)]
-
-
-def _carve_val(groups: list[list[str]], val: float, seed: int) -> tuple[list[str], list[str]]:
-    """Split groups into (train ids, val ids) with a seeded ``val`` fraction of the groups."""
-    order = np.random.default_rng(seed).permutation(len(groups))
-    n_val = int(round(val * len(groups)))
-    if groups and n_val >= len(groups):
-        n_val = len(groups) - 1
-    val_ids = [i for g in order[:n_val] for i in groups[g]]
-    train_ids = [i for g in order[n_val:] for i in groups[g]]
-    return sorted(train_ids), sorted(val_ids)
-
-
-def fold_splits(index: DatasetIndex, k: int = 5, seed: int = NNUNET_FOLD_SEED, group_pattern: str | None = None,
-                val: float = 0.0, val_seed: int = 0) -> list[dict[str, list[str]]]:
-    """All ``k`` folds of a seeded k-fold cross-validation over the labelled cases (see the module docstring).
-
-    Args:
-        index: the dataset.
-        k: number of folds.
-        seed: shuffle seed (nnU-Net: 12345).
-        group_pattern: regular expression whose match groups cases (e.g. ``patient\\d+``).
-        val: fraction of each fold's training groups held out for validation.
-        val_seed: seed of that hold-out.
-
-    Returns:
-        One ``{"train", "val", "test"}`` split per fold; the test parts are disjoint and cover every case.
-    """
-    labelled = [c.case_id for c in index.cases if c.label_file is not None]
-    groups = _groups(labelled, group_pattern)  # sorted by group key
-    out = []
-    for test_idx in kfold_test_indices(len(groups), k, seed):
-        test_set = set(int(i) for i in test_idx)
-        rest = [g for i, g in enumerate(groups) if i not in test_set]
-        train, val_ids = _carve_val(rest, val, val_seed)
-        out.append({"train": train, "val": val_ids, "test": sorted(i for t in test_set for i in groups[t])})
-    return out
 
 
 def site_splits(index: DatasetIndex, val: float = 0.0, seed: int = 0, group_pattern: str | None = None
@@ -131,7 +67,7 @@ def assign_sites(case_ids: list[str], k: int, seed: int = 0, group_pattern: str 
     Returns:
         Case id -> site name; cases of one group share a site.
     """
-    groups = _groups(case_ids, group_pattern)
+    groups = group_cases(case_ids, group_pattern)
     if k > len(groups):
         raise ConfigError(f"data.simulate_sites.k: {k} sites but only {len(groups)} case group(s)")
     order = np.random.default_rng([int(seed), 104729]).permutation(len(groups))
@@ -150,8 +86,6 @@ def simulate_sites(index: DatasetIndex, k: int, seed: int = 0, group_pattern: st
     Raises:
         ConfigError: the dataset already has sites, or has fewer case groups than ``k``.
     """
-    from medkd.data.sites import make_site_profiles
-
     if index.sites:
         raise ConfigError(f"data.simulate_sites: {index.root} already has sites {index.sites}; "
                           "simulate sites only on a single-site dataset")
@@ -171,8 +105,6 @@ def apply_simulated_site(index: DatasetIndex, case: Case, image: np.ndarray, cha
     Deterministic per case and per dataset channel: the bias field is drawn from (seed, case id) and shared
     by the channels; the noise of channel ``ch`` from (seed, case id, ch), whichever channels are loaded.
     """
-    from medkd.data.sites import SiteProfile, apply_site, random_bias_field
-
     record = index.meta["simulated_sites"]
     profiles = {p["name"]: p for p in record["profiles"]}
     if case.site not in profiles:

@@ -25,12 +25,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from medkd.data.formats import (
+from medkd.data.formats_base import (
     Case,
     DatasetIndex,
-    _channel_names,
-    _labels_from_json,
-    _load_dataset_json,
+    channel_names,
+    labels_from_json,
+    load_dataset_json,
     register_format,
 )
 from medkd.errors import DataError
@@ -66,7 +66,7 @@ def _is_site_folders(root: Path) -> bool:
     return False
 
 
-@register_format("site_folders", _is_site_folders)
+@register_format("site_folders", _is_site_folders, order=40)
 def read_site_folders(root: Path) -> DatasetIndex:
     """Read a folder of site folders (see the module docstring).
 
@@ -77,13 +77,13 @@ def read_site_folders(root: Path) -> DatasetIndex:
     json_path = root / "dataset.json"
     channels, labels, merge_above = [DEFAULT_CHANNEL], dict(DEFAULT_LABELS), 1
     if json_path.is_file():
-        data = _load_dataset_json(root)
+        data = load_dataset_json(root)
         if "channel_names" in data or "modality" in data:
-            channels = _channel_names(data, json_path)
+            channels = channel_names(data, json_path)
             if len(channels) != 1:
                 raise DataError(f"{json_path}: site folders hold one channel per case, {len(channels)} declared")
         if "labels" in data:
-            labels, merge_above = _labels_from_json(data, json_path), None
+            labels, merge_above = labels_from_json(data, json_path), None
     issues: list[str] = []
     cases: list[Case] = []
     for f in sorted(root.iterdir()):

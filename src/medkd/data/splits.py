@@ -15,26 +15,18 @@ Example:
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 
 from medkd.config import SplitConfig
-from medkd.data.formats import DatasetIndex
+from medkd.data.folds import case_group, fold_splits, group_cases
+from medkd.data.formats_base import DatasetIndex
 from medkd.errors import ConfigError, DataError
 
 __all__ = ["carve_validation", "case_group", "make_split", "read_split_file", "subsample_cases"]
 
 SPLIT_NAMES = ("train", "val", "test")
-
-
-def case_group(case_id: str, pattern: str | None) -> str:
-    """Group key of a case: the first match of ``pattern`` in its id (or the id itself)."""
-    if not pattern:
-        return case_id
-    m = re.search(pattern, case_id)
-    return m.group(0) if m else case_id
 
 
 def _read_split_json(path: Path) -> dict:
@@ -85,7 +77,7 @@ def carve_validation(train: list[str], fraction: float, seed: int, group_pattern
     Raises:
         ConfigError: fewer than two case groups, so no validation part can be carved.
     """
-    groups = _groups(train, group_pattern)
+    groups = group_cases(train, group_pattern)
     n_val = max(1, int(round(fraction * len(groups))))
     if len(groups) - n_val < 1:
         raise ConfigError(f"{source}: no 'val' list, and its {len(groups)} training case group(s) are too few to "
@@ -102,7 +94,7 @@ def make_split(index: DatasetIndex, cfg: SplitConfig, facts: dict | None = None)
 
     ``cfg.file`` wins when given; a file without a ``val`` list gets one carved from its ``train`` list
     (:func:`carve_validation`, unless ``cfg.val`` is 0). ``cfg.folds`` selects fold ``cfg.fold`` of a seeded
-    k-fold split (:func:`medkd.data.protocols.fold_splits`). Otherwise cases (grouped by ``cfg.group_pattern`` so
+    k-fold split (:func:`medkd.data.folds.fold_splits`). Otherwise cases (grouped by ``cfg.group_pattern`` so
     that e.g. two frames of one patient stay together) are shuffled with ``cfg.seed``; ``cfg.test_sites`` sends
     whole sites to the test part (leave-site-out).
 
@@ -126,8 +118,6 @@ def make_split(index: DatasetIndex, cfg: SplitConfig, facts: dict | None = None)
                                       "n_val": len(split["val"])}
         return split
     if cfg.folds:
-        from medkd.data.protocols import fold_splits
-
         return fold_splits(index, cfg.folds, cfg.fold_seed, cfg.group_pattern, cfg.val, cfg.seed)[cfg.fold]
     labelled = [c for c in index.cases if c.label_file is not None]
     if cfg.test_sites:
@@ -136,14 +126,14 @@ def make_split(index: DatasetIndex, cfg: SplitConfig, facts: dict | None = None)
             raise ConfigError(f"data.split.test_sites: site {unknown[0]!r} not in dataset (sites: {index.sites})")
         test = [c.case_id for c in labelled if c.site in cfg.test_sites]
         rest = [c.case_id for c in labelled if c.site not in cfg.test_sites]
-        groups = _groups(rest, cfg.group_pattern)
+        groups = group_cases(rest, cfg.group_pattern)
         rng = np.random.default_rng(cfg.seed)
         order = rng.permutation(len(groups))
         n_val = int(round(cfg.val * len(groups)))
         val = [i for g in order[:n_val] for i in groups[g]]
         train = [i for g in order[n_val:] for i in groups[g]]
         return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
-    groups = _groups([c.case_id for c in labelled], cfg.group_pattern)
+    groups = group_cases([c.case_id for c in labelled], cfg.group_pattern)
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(groups))
     n_test = int(round(cfg.test * len(groups)))
@@ -157,18 +147,11 @@ def make_split(index: DatasetIndex, cfg: SplitConfig, facts: dict | None = None)
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
 
 
-def _groups(case_ids: list[str], pattern: str | None) -> list[list[str]]:
-    by_group: dict[str, list[str]] = {}
-    for cid in sorted(case_ids):
-        by_group.setdefault(case_group(cid, pattern), []).append(cid)
-    return [by_group[k] for k in sorted(by_group)]
-
-
 def subsample_cases(case_ids: list[str], fraction: float, seed: int, group_pattern: str | None = None) -> list[str]:
     """A seeded subset of ``fraction`` of the case groups (at least one), e.g. thesis B's 50% student data."""
     if fraction >= 1.0:
         return list(case_ids)
-    groups = _groups(case_ids, group_pattern)
+    groups = group_cases(case_ids, group_pattern)
     rng = np.random.default_rng(seed + 7919)
     keep = max(1, int(round(fraction * len(groups))))
     chosen = sorted(rng.permutation(len(groups))[:keep])

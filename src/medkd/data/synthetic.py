@@ -175,61 +175,95 @@ def _texture(shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
     return np.clip(tex / (tex.std() + 1e-9), -3.0, 3.0)
 
 
-def _case_anatomy(rng: np.random.Generator, centers: np.ndarray) -> list[tuple[int, object]]:
-    """Draw one case's structures, returned in painting order as (tissue index, predicate on coordinates)."""
-    ndim = centers.shape[0]
-    three_d = ndim == 3
-    inf = math.inf
+class _Drawer:
+    """Draws the blobs of one case from one random stream (the order of draws fixes the phantom)."""
 
-    def blob(center, radii, angle=0.0, deform=0.0, tilt=(0.0, 0.0), degree=3):
-        c = list(center) + ([0.0] if three_d and len(center) == 2 else [])
-        r = list(radii) + ([inf] if three_d and len(radii) == 2 else [])
-        return _Blob(c[:ndim], r[:ndim], angle, deform, rng, centers, tilt, degree)
+    def __init__(self, rng: np.random.Generator, centers: np.ndarray):
+        self.rng, self.centers, self.ndim = rng, centers, centers.shape[0]
+        self.three_d = self.ndim == 3
 
-    def drift():
-        return tuple(rng.normal(0.0, 0.06, size=2)) if three_d else (0.0, 0.0)
+    def blob(self, center, radii, angle=0.0, deform=0.0, tilt=(0.0, 0.0), degree=3) -> _Blob:
+        c = list(center) + ([0.0] if self.three_d and len(center) == 2 else [])
+        r = list(radii) + ([math.inf] if self.three_d and len(radii) == 2 else [])
+        return _Blob(c[:self.ndim], r[:self.ndim], angle, deform, self.rng, self.centers, tilt, degree)
 
-    # body: elliptic cross-section (cylinder along z in 3D), fat rim of varying thickness
+    def drift(self) -> tuple[float, float]:
+        return tuple(self.rng.normal(0.0, 0.06, size=2)) if self.three_d else (0.0, 0.0)
+
+
+def _draw_body(d: _Drawer) -> tuple[_Blob, np.ndarray, tuple[float, float, float]]:
+    """Elliptic cross-section (a cylinder along z in 3D) and its fat rim of varying thickness."""
+    rng = d.rng
     bx, by = rng.normal(0.0, 0.02), 0.04 + rng.normal(0.0, 0.02)
     ba, bb = rng.uniform(0.78, 0.9), rng.uniform(0.56, 0.68)
-    body = blob((bx, by), (ba, bb), rng.normal(0.0, 0.06), 0.05, drift())
-    rim = rng.uniform(0.05, 0.11) * (1.0 + 0.5 * np.tanh(_smooth_field(centers.shape[1:], 5, rng)))
-    inner = 1.0 - rim
+    body = d.blob((bx, by), (ba, bb), rng.normal(0.0, 0.06), 0.05, d.drift())
+    rim = rng.uniform(0.05, 0.11) * (1.0 + 0.5 * np.tanh(_smooth_field(d.centers.shape[1:], 5, rng)))
+    return body, 1.0 - rim, (bx, by, bb)
 
-    # spine at the posterior midline (+y), vessels just anterior to it
+
+def _draw_spine(d: _Drawer, bx: float, by: float, bb: float) -> list[_Blob]:
+    """Vertebra, marrow and canal at the posterior midline (+y); aorta and cava just anterior to it."""
+    rng = d.rng
     sx, sy = bx + rng.normal(0.0, 0.015), by + bb - rng.uniform(0.3, 0.36)
     sr = rng.uniform(0.1, 0.12)
-    vertebra = blob((sx, sy), (sr * 1.1, sr), rng.normal(0.0, 0.05), 0.04)
-    marrow = blob((sx, sy), (sr * 1.1 - 0.022, sr - 0.022), 0.0, 0.0)
-    canal = blob((sx, sy + sr + 0.05), (0.045, 0.04), 0.0, 0.03)
-    aorta = blob((sx - 0.07, sy - sr - 0.06), (0.042, 0.042), 0.0, 0.02, drift())
-    cava = blob((sx + 0.1, sy - sr - 0.05), (0.06, 0.04), rng.normal(0.0, 0.2), 0.05, drift())
+    vertebra = d.blob((sx, sy), (sr * 1.1, sr), rng.normal(0.0, 0.05), 0.04)
+    marrow = d.blob((sx, sy), (sr * 1.1 - 0.022, sr - 0.022), 0.0, 0.0)
+    canal = d.blob((sx, sy + sr + 0.05), (0.045, 0.04), 0.0, 0.03)
+    aorta = d.blob((sx - 0.07, sy - sr - 0.06), (0.042, 0.042), 0.0, 0.02, d.drift())
+    cava = d.blob((sx + 0.1, sy - sr - 0.05), (0.06, 0.04), rng.normal(0.0, 0.2), 0.05, d.drift())
+    return [vertebra, marrow, canal, aorta, cava]
 
-    # visceral fat: irregular smooth patches between the loops, mostly anterior
-    grid = centers.shape[1:]
-    fat_field = ndimage.gaussian_filter(rng.standard_normal(grid), [0.07 * grid[0] if n > 1 else 0 for n in grid])
-    fat_field = fat_field / (fat_field.std() + 1e-9) - 1.5 * centers[1] - rng.uniform(0.4, 0.9)
 
-    # bowel loops in the anterior abdomen
-    bowel = []
+def _draw_fat_field(d: _Drawer) -> np.ndarray:
+    """Visceral fat: irregular smooth patches between the loops, mostly anterior (fat where > 0)."""
+    grid = d.centers.shape[1:]
+    fat_field = ndimage.gaussian_filter(d.rng.standard_normal(grid), [0.07 * grid[0] if n > 1 else 0 for n in grid])
+    return fat_field / (fat_field.std() + 1e-9) - 1.5 * d.centers[1] - d.rng.uniform(0.4, 0.9)
+
+
+def _draw_bowel(d: _Drawer) -> list[_Blob]:
+    """Bowel loops in the anterior abdomen."""
+    rng, bowel = d.rng, []
     for _ in range(int(rng.integers(3, 7))):
         c = (rng.uniform(-0.45, 0.45), rng.uniform(-0.45, 0.05), rng.uniform(-0.5, 0.5))
         rad = rng.uniform(0.05, 0.11)
-        bowel.append(blob(c, (rad, rad * rng.uniform(0.6, 1.0), rad * 1.5), rng.uniform(0, math.pi), 0.15))
+        bowel.append(d.blob(c, (rad, rad * rng.uniform(0.6, 1.0), rad * 1.5), rng.uniform(0, math.pi), 0.15))
+    return bowel
 
-    # organ on one side; lesion(s) inside it
+
+def _draw_organ(d: _Drawer, bx: float) -> tuple[_Blob, list[_Blob]]:
+    """The organ on one side and one or two lesions inside it."""
+    rng = d.rng
     side = 1.0 if rng.random() < 0.5 else -1.0
     oc = (side * rng.uniform(0.24, 0.38) + bx, rng.uniform(-0.18, 0.1), rng.normal(0.0, 0.05))
     orad = (rng.uniform(0.22, 0.32), rng.uniform(0.17, 0.24), rng.uniform(0.35, 0.48))
-    organ = blob(oc, orad, rng.uniform(-0.6, 0.6), 0.22, degree=4)
+    organ = d.blob(oc, orad, rng.uniform(-0.6, 0.6), 0.22, degree=4)
     lesions = []
     for _ in range(1 if rng.random() < 0.7 else 2):
         direction = rng.normal(size=3) * np.array([1.0, 1.0, 0.5])
         direction /= np.linalg.norm(direction)
         dist = rng.uniform(0.0, 0.4)
         lc = [oc[i] + direction[i] * dist * orad[i] for i in range(3)]
-        base = min(orad[:ndim]) * rng.uniform(0.3, 0.48)
-        lesions.append(blob(lc, (base, base * rng.uniform(0.75, 1.0), base), rng.uniform(0, math.pi), 0.2))
+        base = min(orad[:d.ndim]) * rng.uniform(0.3, 0.48)
+        lesions.append(d.blob(lc, (base, base * rng.uniform(0.75, 1.0), base), rng.uniform(0, math.pi), 0.2))
+    return organ, lesions
+
+
+def _any_inside(blobs: Sequence[_Blob], q: np.ndarray) -> np.ndarray:
+    hit = np.zeros(q.shape[1:], dtype=bool)
+    for b in blobs:
+        hit |= b.radius(q) < 1.0
+    return hit
+
+
+def _case_anatomy(rng: np.random.Generator, centers: np.ndarray) -> list[tuple[int, object]]:
+    """Draw one case's structures, returned in painting order as (tissue index, predicate on coordinates)."""
+    d = _Drawer(rng, centers)
+    body, inner, (bx, by, bb) = _draw_body(d)
+    vertebra, marrow, canal, aorta, cava = _draw_spine(d, bx, by, bb)
+    fat_field = _draw_fat_field(d)
+    bowel = _draw_bowel(d)
+    organ, lesions = _draw_organ(d, bx)
 
     def inside(b):
         return lambda q: b.radius(q) < 1.0
@@ -240,33 +274,18 @@ def _case_anatomy(rng: np.random.Generator, centers: np.ndarray) -> list[tuple[i
     def organ_inside(q):
         return (organ.radius(q) < 1.0) & body_interior(q)
 
-    def lesion_inside(q):
-        hit = lesions[0].radius(q) < 1.0
-        for extra in lesions[1:]:
-            hit |= extra.radius(q) < 1.0
-        return hit & organ_inside(q)
-
-    def visceral_fat(q):
-        return (fat_field > 0) & (body.radius(q) < inner - 0.08)
-
-    def bowel_inside(q):
-        hit = np.zeros(q.shape[1:], dtype=bool)
-        for b in bowel:
-            hit |= b.radius(q) < 1.0
-        return hit & body_interior(q)
-
     return [
         (_T["fat"], inside(body)),
         (_T["muscle"], body_interior),
-        (_T["fat"], visceral_fat),
-        (_T["bowel"], bowel_inside),
+        (_T["fat"], lambda q: (fat_field > 0) & (body.radius(q) < inner - 0.08)),
+        (_T["bowel"], lambda q: _any_inside(bowel, q) & body_interior(q)),
         (_T["cortex"], inside(vertebra)),
         (_T["marrow"], inside(marrow)),
         (_T["csf"], inside(canal)),
         (_T["vessel"], inside(aorta)),
         (_T["vessel"], inside(cava)),
         (_T["organ"], organ_inside),
-        (_T["lesion"], lesion_inside),
+        (_T["lesion"], lambda q: _any_inside(lesions, q) & organ_inside(q)),
     ]
 
 

@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 
 from medkd.config import AugmentConfig
 from medkd.errors import ConfigError
+from medkd.models import FeatureTapper
 
 __all__ = ["HOLD_LIMIT_BYTES", "TeacherCache", "check_cacheable", "fingerprint"]
 
@@ -49,8 +50,13 @@ def check_cacheable(augment: AugmentConfig, deterministic: bool) -> None:
 
 
 def fingerprint(teacher: torch.nn.Module, inputs: torch.Tensor, taps: Sequence[str]) -> str:
-    """Hash of the teacher's weights, the cached inputs and the taps (a stale cache is never reused)."""
+    """Hash of the teacher's weights, the cached inputs and the taps (a stale cache is never reused).
+
+    A teacher whose weights live outside its state dict (an ONNX file run by onnxruntime) carries a
+    ``source_digest`` (the file's hash), which is hashed too.
+    """
     h = hashlib.sha256()
+    h.update(str(getattr(teacher, "source_digest", "")).encode())
     for name, tensor in sorted(teacher.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -113,8 +119,6 @@ class TeacherCache:
             shard_size: inputs per shard file.
             log: where the size announcement goes.
         """
-        from medkd.models import FeatureTapper
-
         folder = Path(folder)
         taps = sorted(set(taps))
         key = fingerprint(teacher, inputs, taps)

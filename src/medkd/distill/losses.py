@@ -34,8 +34,6 @@ Example:
 
 from __future__ import annotations
 
-import fnmatch
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -45,6 +43,7 @@ from torch import Tensor, nn
 
 from medkd.distill import functional as KF
 from medkd.errors import ConfigError, unknown_name_error
+from medkd.registry import Registry
 
 __all__ = [
     "AdaptiveAffinityLoss",
@@ -59,6 +58,7 @@ __all__ = [
     "FeatureMSELoss",
     "KDNetSoftLabelLoss",
     "KernelMatrixLoss",
+    "LOSS_REGISTRY",
     "LogitsKLLoss",
     "ProjectionHead",
     "RegionAffinityLoss",
@@ -68,41 +68,28 @@ __all__ = [
     "register_loss",
 ]
 
-_REGISTRY: dict[str, type[DistillLoss]] = {}
+#: Registered distillation losses: name -> :class:`DistillLoss` subclass.
+LOSS_REGISTRY: Registry[type[DistillLoss]] = Registry("distillation loss", option_kind="loss")
 
 
 def register_loss(name: str) -> Callable[[type[DistillLoss]], type[DistillLoss]]:
     """Class decorator adding a :class:`DistillLoss` subclass to the registry under ``name``."""
 
     def deco(cls: type[DistillLoss]) -> type[DistillLoss]:
-        if name in _REGISTRY:
-            raise ValueError(f"loss {name!r} registered twice")
         cls.name = name
-        _REGISTRY[name] = cls
-        return cls
+        return LOSS_REGISTRY.add(name, cls)
 
     return deco
 
 
-def _options(cls: type[DistillLoss]) -> dict[str, Any]:
-    sig = inspect.signature(cls.__init__)
-    return {k: p.default for k, p in sig.parameters.items() if k != "self" and p.kind == p.KEYWORD_ONLY}
-
-
 def list_losses(pattern: str = "*") -> list[str]:
     """Registered loss names matching a shell-style ``pattern`` (sorted)."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
-
-
-def _lookup(name: str) -> type[DistillLoss]:
-    if name not in _REGISTRY:
-        raise unknown_name_error("distillation loss", name, _REGISTRY)
-    return _REGISTRY[name]
+    return LOSS_REGISTRY.names(pattern)
 
 
 def loss_info(name: str) -> dict[str, Any]:
     """Description, default taps, label need and options (with defaults) of a registered loss."""
-    cls = _lookup(name)
+    cls = LOSS_REGISTRY.lookup(name)
     default = cls()
     return {
         "name": name,
@@ -111,18 +98,13 @@ def loss_info(name: str) -> dict[str, Any]:
         "teacher_taps": default.teacher_taps,
         "needs_label": default.needs_label,
         "trainable_extras": cls.trainable_extras,
-        "options": _options(cls),
+        "options": LOSS_REGISTRY.options(name),
     }
 
 
 def create_loss(name: str, **kwargs: Any) -> DistillLoss:
     """Build a registered loss module; an unknown name or option raises ``ConfigError`` with the nearest valid."""
-    cls = _lookup(name)
-    valid = _options(cls)
-    for key in kwargs:
-        if key not in valid:
-            raise unknown_name_error(f"option for loss {name!r}:", key, valid)
-    return cls(**kwargs)
+    return LOSS_REGISTRY.create(name, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -435,7 +417,9 @@ class AdaptiveAffinityLoss(_LogitsLoss):
     def _compute(self, student_feats, teacher_feats, batch):
         s, t = self._logits(student_feats, teacher_feats)
         w = self.class_weights
-        st = KF.affinity_pair_stats(s, KF.predicted_labels(t), self.margin, self.dilations, w.shape[0])
+        # argmax labels of logits with w.shape[0] classes are in range: no check, no device sync
+        st = KF.affinity_pair_stats(s, KF.predicted_labels(t), self.margin, self.dilations, w.shape[0],
+                                    check_labels=False)
         per_class = (torch.softmax(w, dim=1) * st.per_class_dilation()).sum(dim=1)  # (K,)
         present = st.present().float()
         return (per_class * present).sum() / present.sum().clamp_min(1.0)

@@ -45,6 +45,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from monai.metrics import compute_hausdorff_distance
+from monai.metrics.utils import get_edge_surface_distance
 
 from medkd.errors import ConfigError, DataError
 from medkd.evaluate.stats import finite_values, mean_std
@@ -137,10 +140,6 @@ def _check_hd95(definition: str) -> str:
 
 def _hd95(pred: np.ndarray, ref: np.ndarray, spacing: list[float] | None, definition: str = "monai") -> float | None:
     """95th-percentile Hausdorff distance of two non-empty boolean masks (``definition``: a key of :data:`HD95`)."""
-    import torch
-    from monai.metrics import compute_hausdorff_distance
-    from monai.metrics.utils import get_edge_surface_distance
-
     y_pred = torch.from_numpy(np.ascontiguousarray(pred)[None, None])
     y = torch.from_numpy(np.ascontiguousarray(ref)[None, None])
     with warnings.catch_warnings():

@@ -10,7 +10,6 @@ the cases have sites. ``summary.json`` states the HD95 definition used (``hd95_d
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,10 @@ from medkd.data.loader import open_dataset
 from medkd.data.nifti_io import write_nifti
 from medkd.data.pipeline import prepare_cases
 from medkd.errors import MedkdError
-from medkd.evaluate.metrics import HD95, case_metrics, summarize, write_per_case_csv
+from medkd.evaluate.metrics import HD95, case_metrics, summarize
+from medkd.evaluate.saved_predictions import panel_cases, save_panel_prediction
 from medkd.inference import predict_volume
-from medkd.io import atomic_write_json
-from medkd.train.run_folder import load_run_model, training_progress
+from medkd.run import RunFolder
 
 __all__ = ["evaluate_run", "evaluation_dir", "spacing_from_affine"]
 
@@ -37,8 +36,8 @@ def spacing_from_affine(affine: np.ndarray) -> list[float]:
 
 
 def evaluation_dir(run_dir: Path, split: str) -> Path:
-    base = Path(run_dir) / "evaluation"
-    return base if split == "test" else base / split
+    """Folder of the evaluation files of ``split``: :meth:`medkd.run.RunFolder.evaluation_dir`."""
+    return RunFolder(run_dir).evaluation_dir(split)
 
 
 def evaluate_run(run_dir: str | Path, split: str | None = None, device: str | None = None,
@@ -49,14 +48,15 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, device: str | No
         The summary dict (as written to ``summary.json``).
     """
     run_dir = Path(run_dir)
-    model, cfg = load_run_model(run_dir)
-    progress_info = training_progress(run_dir, cfg.train.epochs)
+    run = RunFolder(run_dir)
+    model, cfg = run.load_model()
+    progress_info = run.progress(cfg.train.epochs)
     if not progress_info["finished"]:
         done = "no" if progress_info["last_epoch"] is None else str(progress_info["last_epoch"])
         print(f"warning: {run_dir}: training has not finished ({done} of {cfg.train.epochs} epochs); evaluating "
               f"the best weights so far (epoch {progress_info['epoch']})", file=sys.stderr)
     split = split or cfg.evaluate.split
-    info = json.loads((run_dir / "split.json").read_text())
+    info = run.split()
     case_ids = info.get(split, [])
     if not case_ids:
         raise MedkdError(f"{run_dir}: split '{split}' has no cases")
@@ -71,8 +71,9 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, device: str | No
         groups.update({n: v for n, v in zip(names, values) if v != values[0]})
     if cfg.evaluate.regions:
         groups.update(cfg.evaluate.regions)
-    out_dir = evaluation_dir(run_dir, split)
     records = []
+    shown = set(panel_cases(case_ids))
+    panel: dict[str, np.ndarray] = {}
     for cid in tqdm(case_ids, desc=f"evaluate {run_dir.name}/{split}", disable=not progress, leave=False):
         pc = prepare_cases(index, [cid], channels, cfg.data)[0]
         probs = pc.restore(predict_volume(model, pc.image, cfg.data.dim, cfg.data.size, cfg.data.volume_size,
@@ -81,16 +82,17 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, device: str | No
         ref = np.asarray(values)[pc.reference]
         metrics = case_metrics(pred, ref, groups, spacing=spacing_from_affine(pc.affine), hd95=cfg.evaluate.hd95)
         records.append({"case": cid, "site": pc.site, "metrics": metrics})
+        if cid in shown:
+            panel[cid] = probs.argmax(0).numpy()
         if save_predictions:
-            (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
-            write_nifti(out_dir / "predictions" / f"{cid}.nii.gz", pred.astype(np.uint8), affine=pc.affine)
+            write_nifti(run.prediction_path(split, cid), pred.astype(np.uint8), affine=pc.affine)
     has_sites = all(r["site"] is not None for r in records)
     summary = summarize(records, group_key="site" if has_sites else None)
     summary = {"run": run_dir.name, "split": split, "model": cfg.model.name, "dataset": index.root.name,
                "channels": info["channels"], "epoch": progress_info["epoch"],
                "finished": progress_info["finished"], "hd95_unit": "mm",
                "hd95_definition": HD95[cfg.evaluate.hd95], **summary}
-    write_per_case_csv(records, out_dir / "per_case.csv")
-    atomic_write_json(out_dir / "summary.json", summary)
-    atomic_write_json(out_dir / "per_case.json", records)
+    run.write_evaluation(split, summary, records)
+    for cid, labels in panel.items():  # the report's qualitative panel reads these instead of predicting again
+        save_panel_prediction(run.evaluation_dir(split), case_ids, cid, labels)
     return summary

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from scipy import stats as sps
 
 from medkd.errors import MedkdError
 
@@ -138,8 +139,6 @@ def paired_wilcoxon(
     if np.all(diff == 0):
         out["reason"] = "all paired differences are zero"
         return out
-    from scipy import stats as sps
-
     res = sps.wilcoxon(x, y, alternative=alternative)
     out["statistic"] = _to_float(res.statistic)
     out["p"] = _to_float(res.pvalue)
@@ -180,8 +179,6 @@ def one_way_anova(groups: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
     if n_total - k < 1:
         out["reason"] = "no degrees of freedom within groups (each group has a single value)"
         return out
-    from scipy import stats as sps
-
     values = [np.asarray(v, dtype=np.float64) for v in used.values()]
     if all(np.all(v == values[0][0]) for v in values):
         out["reason"] = "all values are identical"
@@ -220,8 +217,6 @@ def paired_seed_test(a: Mapping[Any, Any], b: Mapping[Any, Any]) -> dict[str, An
     if np.ptp(d) <= 1e-12 * max(1.0, float(np.abs(d).max())):  # equal up to rounding (0.8 - 0.7 vs 0.9 - 0.8)
         out["reason"] = "every seed has the same difference (no spread)"
         return out
-    from scipy import stats as sps
-
     res = sps.ttest_rel([x for x, _ in diffs], [y for _, y in diffs])
     half = float(sps.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
     out.update(t=_to_float(res.statistic), p=_to_float(res.pvalue), ci95=[out["delta"] - half, out["delta"] + half])

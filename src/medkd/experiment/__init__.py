@@ -1,4 +1,4 @@
-"""Study experiments: presets expanded into grids of runs, run resumably, and rendered as reports."""
+"""Study experiments: presets expanded into grids of runs, run resumably (reports: :mod:`medkd.report.study`)."""
 
 from __future__ import annotations
 

@@ -8,15 +8,14 @@ multi-task teachers, the reconstruction PSNR. A report can be re-rendered from t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medkd.errors import MedkdError
 from medkd.io import atomic_write_json
+from medkd.run import RunFolder, read_json
 
-__all__ = ["RunRecord", "collect_runs", "load_records"]
+__all__ = ["RunRecord", "collect_runs", "load_records", "read_record"]
 
 
 @dataclass
@@ -47,27 +46,22 @@ class RunRecord:
         return dict(self.__dict__)
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
+def _optional(path: Path) -> Any:
+    """``path``'s JSON, or None when the file does not exist."""
+    return read_json(path) if path.is_file() else None
 
 
-def _params(run_dir: Path) -> int | None:
-    from safetensors import safe_open
-
-    path = run_dir / "checkpoints" / "best.safetensors"
-    if not path.is_file():
+def read_record(run: RunFolder, entry: dict[str, Any]) -> RunRecord | None:
+    """The record of one grid entry from its run folder, or None when the run has no test evaluation yet."""
+    if not run.has_evaluation():
         return None
-    total = 0
-    with safe_open(str(path), framework="pt") as f:
-        for key in f.keys():
-            if key.endswith(("running_mean", "running_var", "num_batches_tracked")):
-                continue
-            shape = f.get_slice(key).get_shape()
-            n = 1
-            for d in shape:
-                n *= int(d)
-            total += n
-    return total
+    return RunRecord(
+        name=entry["name"], kind=entry["kind"], cell=entry["cell"], seed=entry["seed"],
+        model_key=entry["model_key"], objective=entry.get("objective"), teacher_key=entry.get("teacher_key"),
+        config=entry["config"], summary=run.evaluation(), per_case=run.per_case(), epochs=run.epoch_metrics(),
+        train=run.summary() if run.has_summary() else {}, params=run.parameter_count(),
+        reconstruction=run.reconstruction(),
+    )
 
 
 def collect_runs(folder: Path, out: Path) -> list[RunRecord]:
@@ -75,26 +69,16 @@ def collect_runs(folder: Path, out: Path) -> list[RunRecord]:
 
     Returns:
         The records of the finished runs, in grid order.
+
+    Raises:
+        MedkdError: ``index.json`` is missing or unreadable, or a finished run's files are.
     """
-    index = _read_json(Path(folder) / "index.json")
-    if index is None:
-        raise MedkdError(f"{folder}: no index.json; run `medkd experiment run` first")
+    index = read_json(Path(folder) / "index.json", "not found; run `medkd experiment run` first")
     records = []
     for entry in index["runs"]:
-        run_dir = Path(folder) / "runs" / entry["name"]
-        summary = _read_json(run_dir / "evaluation" / "summary.json")
-        if summary is None:
+        rec = read_record(RunFolder(Path(folder) / "runs" / entry["name"]), entry)
+        if rec is None:
             continue
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").is_file() else []
-        epochs = [r for r in (json.loads(x) for x in lines if x.strip()) if r.get("kind") == "epoch"]
-        rec = RunRecord(
-            name=entry["name"], kind=entry["kind"], cell=entry["cell"], seed=entry["seed"],
-            model_key=entry["model_key"], objective=entry.get("objective"), teacher_key=entry.get("teacher_key"),
-            config=entry["config"], summary=summary,
-            per_case=_read_json(run_dir / "evaluation" / "per_case.json") or [], epochs=epochs,
-            train=_read_json(run_dir / "train_summary.json") or {}, params=_params(run_dir),
-            reconstruction=_read_json(run_dir / "evaluation" / "reconstruction.json"),
-        )
         records.append(rec)
         atomic_write_json(Path(out) / "runs" / f"{entry['name']}.json", rec.to_json())
     return records
@@ -104,7 +88,7 @@ def load_records(out: Path, index: dict[str, Any]) -> list[RunRecord]:
     """Read the records written by :func:`collect_runs` (in grid order; missing runs left out)."""
     records = []
     for entry in index["runs"]:
-        data = _read_json(Path(out) / "runs" / f"{entry['name']}.json")
+        data = _optional(Path(out) / "runs" / f"{entry['name']}.json")
         if data is not None:
             records.append(RunRecord(**data))
     return records

@@ -35,6 +35,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medkd.config import deep_merge, parse_config
+from medkd.distill.objective import study_objective
 from medkd.errors import ConfigError, unknown_name_error
 
 __all__ = [
@@ -114,8 +115,6 @@ class ObjectiveSpec(_Strict):
         """(seg loss name, seg weight, terms) after applying ``study``."""
         seg_loss, seg_weight, terms = self.seg_loss, self.seg_weight, self.terms
         if self.study is not None:
-            from medkd.distill.objective import study_objective
-
             ref = study_objective(self.study)
             seg_loss = seg_loss if seg_loss is not None else ref["seg_loss"]
             seg_weight = seg_weight if seg_weight is not None else ref["seg_weight"]

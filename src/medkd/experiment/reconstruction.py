@@ -7,7 +7,6 @@ intensity range (max - min over its slices) and ``MSE`` over all its slices and 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,29 @@ from typing import Any
 import numpy as np
 import torch
 
+from medkd.data.loader import open_dataset
+from medkd.data.pipeline import PreparedCase, prepare_cases, resize_image
 from medkd.errors import MedkdError
+from medkd.models import FeatureTapper, tap_specs
+from medkd.run import RunFolder
 
 __all__ = ["reconstruction_psnr"]
+
+
+def _case_psnr(model: torch.nn.Module, tapper: FeatureTapper, pc: PreparedCase, size: Any,
+               run_dir: Path) -> float | None:
+    """PSNR of one prepared case's slices (None when its input is constant or reconstructed exactly)."""
+    vol = torch.as_tensor(pc.image, dtype=torch.float32)
+    if vol.ndim == 3:
+        vol = vol[..., None]
+    xs = torch.stack([resize_image(vol[..., z], size) for z in range(vol.shape[-1])])
+    model(xs)
+    recon = tapper.features["reconstruction"].float()
+    if recon.shape != xs.shape:
+        raise MedkdError(f"{run_dir}: reconstruction shape {tuple(recon.shape)} != input {tuple(xs.shape)}")
+    mse = float(torch.mean((recon - xs) ** 2))
+    rng = float(xs.max() - xs.min())
+    return 10.0 * math.log10(rng * rng / mse) if mse > 0 and rng > 0 else None
 
 
 @torch.no_grad()
@@ -34,37 +53,24 @@ def reconstruction_psnr(run_dir: str | Path, split: str = "test") -> dict[str, A
     Raises:
         MedkdError: the network has no reconstruction output, or the run is not 2D.
     """
-    from medkd.data.loader import open_dataset
-    from medkd.data.pipeline import prepare_cases, resize_image
-    from medkd.models import FeatureTapper, tap_specs
-    from medkd.train.run_folder import load_run_model
-
     run_dir = Path(run_dir)
-    model, cfg = load_run_model(run_dir)
+    run = RunFolder(run_dir)
+    model, cfg = run.load_model()
     if "reconstruction" not in tap_specs(model):
         raise MedkdError(f"{run_dir}: model {cfg.model.name} has no 'reconstruction' output")
     if cfg.data.dim != 2:
         raise MedkdError(f"{run_dir}: reconstruction PSNR is implemented for 2D runs only")
     model.eval()
-    info = json.loads((run_dir / "split.json").read_text())
+    info = run.split()
     index = open_dataset(cfg.data, root=info["dataset"])
     channels = index.channel_indices(info["channels"])
     per_case: dict[str, float] = {}
     with FeatureTapper(model, ["reconstruction"]) as tapper:
         for cid in info.get(split, []):
             pc = prepare_cases(index, [cid], channels, cfg.data)[0]
-            vol = torch.as_tensor(pc.image, dtype=torch.float32)
-            if vol.ndim == 3:
-                vol = vol[..., None]
-            xs = torch.stack([resize_image(vol[..., z], cfg.data.size) for z in range(vol.shape[-1])])
-            model(xs)
-            recon = tapper.features["reconstruction"].float()
-            if recon.shape != xs.shape:
-                raise MedkdError(f"{run_dir}: reconstruction shape {tuple(recon.shape)} != input {tuple(xs.shape)}")
-            mse = float(torch.mean((recon - xs) ** 2))
-            rng = float(xs.max() - xs.min())
-            if mse > 0 and rng > 0:
-                per_case[cid] = 10.0 * math.log10(rng * rng / mse)
+            psnr = _case_psnr(model, tapper, pc, cfg.data.size, run_dir)
+            if psnr is not None:
+                per_case[cid] = psnr
     values = np.asarray(list(per_case.values()), dtype=np.float64)
     return {"split": split, "n_cases": len(per_case),
             "psnr": {"mean": float(values.mean()) if len(values) else None,

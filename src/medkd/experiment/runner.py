@@ -22,17 +22,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from medkd.config import parse_config
 from medkd.errors import MedkdError
+from medkd.evaluate.runner import evaluate_run
 from medkd.experiment.preset import RunSpec, expand_grid, load_preset
+from medkd.experiment.reconstruction import reconstruction_psnr
 from medkd.io import atomic_write_json
+from medkd.models import tap_specs
+from medkd.run import RunFolder, resolve_paths
+from medkd.train.trainer import train
 
 __all__ = ["format_grid", "hardware_description", "run_experiment", "run_status"]
 
 
 def hardware_description() -> str:
     """GPU name, or CPU model and torch threads, of this machine (for the report's footnotes)."""
-    import torch
-
     if torch.cuda.is_available():
         return f"GPU {torch.cuda.get_device_name(0)}"
     model = platform.processor() or platform.machine()
@@ -49,9 +55,10 @@ def hardware_description() -> str:
 def run_status(run_dir: Path) -> str:
     """``done`` (evaluated), ``trained``, ``started`` (a checkpoint or log exists) or ``pending``."""
     run_dir = Path(run_dir)
-    if (run_dir / "evaluation" / "summary.json").is_file():
+    run = RunFolder(run_dir)
+    if run.has_evaluation():
         return "done"
-    if (run_dir / "train_summary.json").is_file():
+    if run.has_summary():
         return "trained"
     if run_dir.is_dir() and any(run_dir.iterdir()):
         return "started"
@@ -84,25 +91,20 @@ def _index(out: Path, preset_path: Path, preset: Any, budget: str, seeds: int | 
 
 
 def _test_dice(run_dir: Path) -> float | None:
-    path = run_dir / "evaluation" / "summary.json"
-    if not path.is_file():
+    """Mean foreground Dice of the run's test evaluation (None before it is evaluated)."""
+    run = RunFolder(run_dir)
+    if not run.has_evaluation():
         return None
-    return json.loads(path.read_text())["foreground_mean"]["dice"]["mean"]
+    return run.evaluation()["foreground_mean"]["dice"]["mean"]
 
 
 def _execute(spec: RunSpec, run_dir: Path, runs_root: Path, device: str | None) -> None:
-    from medkd.config import parse_config
-    from medkd.evaluate.runner import evaluate_run
-    from medkd.train.run_folder import resolve_paths
-    from medkd.train.trainer import train
-
+    """Train (or resume) and evaluate one run of the grid."""
     data = json.loads(json.dumps(spec.config))
     if spec.teacher_run:
         data["distill"]["teacher"]["run"] = str((runs_root / spec.teacher_run).resolve())
     cfg = resolve_paths(parse_config(data, source=spec.name))
     if cfg.train.threads:
-        import torch
-
         torch.set_num_threads(cfg.train.threads)
     status = run_status(run_dir)
     if status in ("pending", "started"):
@@ -114,14 +116,20 @@ def _execute(spec: RunSpec, run_dir: Path, runs_root: Path, device: str | None) 
 
 
 def _maybe_reconstruction(run_dir: Path) -> None:
-    from medkd.models import tap_specs
-    from medkd.train.run_folder import load_run_model
-
-    model, cfg = load_run_model(run_dir)
+    """Write the test reconstruction PSNR of a 2D multi-task teacher next to its evaluation."""
+    run = RunFolder(run_dir)
+    model, cfg = run.load_model()
     if "reconstruction" in tap_specs(model) and cfg.data.dim == 2:
-        from medkd.experiment.reconstruction import reconstruction_psnr
+        run.write_reconstruction(reconstruction_psnr(run_dir, "test"))
 
-        atomic_write_json(run_dir / "evaluation" / "reconstruction.json", reconstruction_psnr(run_dir, "test"))
+
+def _earlier_records(index_path: Path) -> dict[str, dict[str, Any]]:
+    """What earlier (partial) invocations recorded in ``index.json`` for runs that ended (done, failed, skipped)."""
+    if not index_path.is_file():
+        return {}
+    old = json.loads(index_path.read_text())
+    return {r["name"]: {k: r[k] for k in ("status", "seconds", "error", "test_dice") if k in r}
+            for r in old.get("runs", []) if r.get("status") in ("done", "failed", "skipped")}
 
 
 def run_experiment(preset_path: str | Path, out: str | Path, budget: str = "quick", seeds: int | None = None,
@@ -151,12 +159,8 @@ def run_experiment(preset_path: str | Path, out: str | Path, budget: str = "quic
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(preset_path, out / "preset.yaml")  # the grid as last run
     runs_root = out / "runs"
-    records: dict[str, dict[str, Any]] = {}
     index_path = out / "index.json"
-    if index_path.is_file():  # keep what earlier (partial) invocations recorded
-        old = json.loads(index_path.read_text())
-        records = {r["name"]: {k: r[k] for k in ("status", "seconds", "error", "test_dice") if k in r}
-                   for r in old.get("runs", []) if r.get("status") in ("done", "failed", "skipped")}
+    records = _earlier_records(index_path)
     failed: set[str] = set()
     t0 = time.time()
     for k, spec in enumerate(runs, start=1):

@@ -47,7 +47,7 @@ class DeepLabV3Plus(ZooModel):
     ) -> None:
         super().__init__(spatial_dims=2)
         try:
-            import segmentation_models_pytorch as smp
+            import segmentation_models_pytorch as smp  # lazy: heavy (~1.4 s, pulls timm); only deeplab needs it
         except ImportError as err:  # pragma: no cover - a declared dependency
             raise ConfigError("deeplabv3plus needs the package segmentation-models-pytorch") from err
         if output_stride not in (8, 16):

@@ -19,25 +19,24 @@ Example::
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import os
-import platform
 import re
-import statistics
 import tempfile
-import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_model
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from medkd.errors import ConfigError, MedkdError
+from medkd.errors import ConfigError
+from medkd.measure.machine import machine_info
+from medkd.measure.tables import fmt, key_values, markdown_table
+from medkd.measure.timing import summarize, time_ms
 
 from .layers import count_parameters
-from .registry import create_model, list_models, model_info
+from .registry import create_model, model_info
 
 __all__ = [
     "FLOP_COUNTING",
@@ -49,7 +48,6 @@ __all__ = [
     "efficiency_table",
     "machine_info",
     "render_markdown",
-    "models_cli",
 ]
 
 FLOP_COUNTING = (
@@ -89,8 +87,6 @@ def _build(
 
 def count_flops(model: nn.Module, x: torch.Tensor) -> int:
     """FLOPs of one forward pass of ``model`` on ``x`` (see :data:`FLOP_COUNTING`)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x)
     return int(counter.get_total_flops())
@@ -98,8 +94,6 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> int:
 
 def checkpoint_bytes(model: nn.Module) -> int:
     """Size in bytes of the model's ``state_dict`` saved with safetensors."""
-    from safetensors.torch import save_model
-
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.safetensors")
         save_model(model, path)
@@ -108,15 +102,8 @@ def checkpoint_bytes(model: nn.Module) -> int:
 
 def cpu_latency_ms(model: nn.Module, x: torch.Tensor, repeats: int = 10, warmup: int = 2) -> list[float]:
     """Wall times in milliseconds of ``repeats`` forward passes (after ``warmup`` untimed ones)."""
-    times = []
     with torch.inference_mode():
-        for _ in range(warmup):
-            model(x)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - t0) * 1e3)
-    return times
+        return time_ms(lambda: model(x), repeats, warmup)
 
 
 def _params_and_flops(
@@ -186,10 +173,11 @@ def measure(
             used_threads = torch.get_num_threads()
         finally:
             torch.set_num_threads(old_threads)
+        stats = summarize(times)
         row["checkpoint_mb"] = round(checkpoint_bytes(model) / 2**20, 3)
-        row["latency_ms_median"] = round(statistics.median(times), 2)
-        row["latency_ms_min"] = round(min(times), 2)
-        row["latency_ms_max"] = round(max(times), 2)
+        row["latency_ms_median"] = round(stats["median"], 2)
+        row["latency_ms_min"] = round(stats["min"], 2)
+        row["latency_ms_max"] = round(stats["max"], 2)
         row["repeats"] = repeats
         row["warmup"] = warmup
         row["threads"] = used_threads
@@ -210,39 +198,14 @@ def efficiency_table(
     return [measure(n, in_channels, num_classes, input_size, repeats, warmup, threads, latency) for n in names]
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, logical cores, torch / MONAI / Python versions, torch threads, platform, UTC time."""
-    try:
-        import monai
-
-        monai_version = monai.__version__
-    except ImportError:  # pragma: no cover
-        monai_version = None
-    return {
-        "cpu": _cpu_model(),
-        "logical_cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "monai": monai_version,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
-
-
-def _fmt(v: Any, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
+def _cells(row: dict[str, Any], timed: bool) -> list[str]:
+    """One :func:`render_markdown` table row."""
+    cells = [row["name"], str(row["role"]), row["input"], f"{row['params']:,}", f"{row['params'] / 1e6:.3f}",
+             fmt(row.get("gflops"), ".3f"), fmt(row.get("gmacs"), ".3f")]
+    if timed:
+        cells += [fmt(row.get("checkpoint_mb"), ".2f"), fmt(row.get("latency_ms_median"), ".1f"),
+                  fmt(row.get("latency_ms_min"), ".1f"), fmt(row.get("threads"), "d")]
+    return cells
 
 
 def render_markdown(
@@ -266,110 +229,13 @@ def render_markdown(
     head = ["model", "role", "input", "params", "params (M)", "GFLOPs", "GMACs"]
     if timed:
         head += ["checkpoint (MB)", "CPU latency median (ms)", "min (ms)", "threads"]
-    lines = []
-    if title:
-        lines += [f"# {title}", ""]
-    lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
-    for r in rows:
-        cells = [
-            r["name"],
-            str(r["role"]),
-            r["input"],
-            f"{r['params']:,}",
-            f"{r['params'] / 1e6:.3f}",
-            _fmt(r.get("gflops"), ".3f"),
-            _fmt(r.get("gmacs"), ".3f"),
-        ]
-        if timed:
-            cells += [
-                _fmt(r.get("checkpoint_mb"), ".2f"),
-                _fmt(r.get("latency_ms_median"), ".1f"),
-                _fmt(r.get("latency_ms_min"), ".1f"),
-                _fmt(r.get("threads"), "d"),
-            ]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines = [f"# {title}", ""] if title else []
+    lines += markdown_table(head, [_cells(r, timed) for r in rows], "ll" + "r" * (len(head) - 2))
     lines += ["", f"FLOPs: {FLOP_COUNTING}."]
     if timed:
         lines.append("Latency: batch 1, eval mode, torch.inference_mode, median of the timed repeats after warm-up.")
     if machine:
-        lines.append("Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()) + ".")
+        lines.append("Machine: " + key_values(machine) + ".")
     if note:
         lines += ["", note]
     return "\n".join(lines) + "\n"
-
-
-def _plain_text(rows: Sequence[dict[str, Any]], skipped: Sequence[str], size_text: str) -> str:
-    timed = any("latency_ms_median" in r for r in rows)
-    w = max([22, *(len(r["name"]) + 2 for r in rows)])
-    head = f"{'model':<{w}}{'role':<9}{'dims':<6}{'params':>14}{'GFLOPs':>10}"
-    if timed:
-        head += f"{'ckpt MB':>10}{'CPU ms':>10}"
-    out = [f"models at input {size_text} (GFLOPs = 2 x MACs, batch 1)", head]
-    for r in rows:
-        dims = "/".join(str(d) for d in model_info(r["name"])["spatial_dims"])
-        line = f"{r['name']:<{w}}{r['role']:<9}{dims:<6}{r['params']:>14,}{r['gflops']:>10.3f}"
-        if timed:
-            line += f"{r['checkpoint_mb']:>10.2f}{r['latency_ms_median']:>10.1f}"
-        out.append(line)
-    if skipped:
-        out.append(f"not shown (they take other spatial dims than {size_text}): {', '.join(skipped)}")
-    return "\n".join(out) + "\n"
-
-
-def models_cli(
-    pattern: str = "*",
-    efficiency: bool = False,
-    input_size: str = "1x256x256",
-    out: Path | str | None = None,
-    num_classes: int = 2,
-    repeats: int = 10,
-) -> str:
-    """Back end of ``medkd models``: list zoo models with parameters and GFLOPs at ``input_size``.
-
-    Args:
-        pattern: shell-style name pattern (``"*"``, ``"unet*"``).
-        efficiency: also measure checkpoint size and CPU latency (slow for the teachers).
-        input_size: ``"CxHxW"`` or ``"CxDxHxW"``; models that do not support its dimensionality are skipped.
-        out: write ``<out>.json`` and ``<out>.md`` (a ``.json`` / ``.md`` suffix is replaced; a directory
-            gets ``models.json`` / ``models.md``).
-        num_classes: output channels the models are built with.
-        repeats: timed runs per model with ``efficiency``.
-
-    Returns:
-        The text to print.
-
-    Raises:
-        ConfigError: a bad ``input_size`` or a pattern matching no model.
-    """
-    in_channels, size = parse_input_size(input_size)
-    dims = len(size)
-    names = list_models(pattern)
-    if not names:
-        raise ConfigError(f"no model matches {pattern!r}; models: {', '.join(list_models())}")
-    usable = [n for n in names if dims in model_info(n)["spatial_dims"]]
-    skipped = [n for n in names if n not in usable]
-    rows, failed = [], []
-    for n in usable:
-        try:
-            rows.append(measure(n, in_channels, num_classes, size, repeats=repeats, latency=efficiency))
-        except (MedkdError, ImportError) as err:  # e.g. a MONAI network whose optional package is missing
-            failed.append(f"{n} ({str(err).splitlines()[0]})")
-    text = _plain_text(rows, skipped, input_size)
-    if failed:
-        text += "could not build: " + "; ".join(failed) + "\n"
-    if out is not None:
-        out = Path(out)
-        if out.suffix.lower() in (".json", ".md"):
-            base = out.with_suffix("")
-        else:
-            out.mkdir(parents=True, exist_ok=True)
-            base = out / "models"
-        base.parent.mkdir(parents=True, exist_ok=True)
-        machine = machine_info()
-        payload = {"input": input_size, "flop_counting": FLOP_COUNTING, "machine": machine, "rows": rows}
-        base.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        base.with_suffix(".md").write_text(
-            render_markdown(rows, title=f"medkd models at {input_size}", machine=machine), encoding="utf-8"
-        )
-        text += f"wrote {base.with_suffix('.json')} and {base.with_suffix('.md')}\n"
-    return text

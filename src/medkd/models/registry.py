@@ -21,11 +21,18 @@ from typing import Any
 
 from torch import nn
 
-from medkd.errors import ConfigError, unknown_name_error
+from medkd.errors import ConfigError
+from medkd.registry import Registry, signature_options
 
-__all__ = ["ModelEntry", "register_model", "create_model", "list_models", "model_info", "ROLES"]
+from .monai_nets import create_monai_model, monai_model_info, monai_model_names
+
+__all__ = ["MODEL_REGISTRY", "ModelEntry", "register_model", "create_model", "list_models", "model_info", "ROLES"]
 
 ROLES: tuple[str, ...] = ("student", "teacher")
+#: Parameters every builder receives from :func:`create_model` (not user options).
+_BUILDER_ARGS = ("in_channels", "num_classes", "spatial_dims")
+#: Registered zoo builders: name -> builder (metadata: ``role``, ``spatial_dims``, ``description``).
+MODEL_REGISTRY: Registry[Callable[..., nn.Module]] = Registry("model", skip_options=_BUILDER_ARGS)
 
 
 @dataclass(frozen=True)
@@ -48,16 +55,7 @@ class ModelEntry:
 
     def options(self) -> dict[str, Any]:
         """Keyword options of the builder with their defaults (beyond in_channels / num_classes / spatial_dims)."""
-        sig = inspect.signature(self.builder)
-        skip = {"in_channels", "num_classes", "spatial_dims"}
-        return {
-            k: (None if p.default is inspect.Parameter.empty else p.default)
-            for k, p in sig.parameters.items()
-            if k not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        }
-
-
-_REGISTRY: dict[str, ModelEntry] = {}
+        return signature_options(self.builder, _BUILDER_ARGS)
 
 
 def register_model(
@@ -82,18 +80,7 @@ def register_model(
     if name.startswith("monai."):
         raise ValueError(f"register_model({name!r}): the 'monai.' prefix is reserved")
 
-    def deco(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _REGISTRY and _REGISTRY[name].builder is not builder:
-            raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelEntry(name, role, tuple(spatial_dims), description, builder)
-        return builder
-
-    return deco
-
-
-def _ensure_loaded() -> None:
-    # importing the package registers every zoo model
-    import medkd.models  # noqa: F401
+    return MODEL_REGISTRY.register(name, role=role, spatial_dims=tuple(spatial_dims), description=description)
 
 
 def list_models(
@@ -113,24 +100,22 @@ def list_models(
     Returns:
         Matching names.
     """
-    _ensure_loaded()
+    # importing this module imports the medkd.models package first, which registers every zoo model
+    entries = [_entry(n) for n in MODEL_REGISTRY]
     names = [
         e.name
-        for e in _REGISTRY.values()
+        for e in entries
         if (role is None or e.role == role) and (spatial_dims is None or spatial_dims in e.spatial_dims)
     ]
     if include_monai or pattern.lower().startswith("monai."):
-        from .monai_nets import monai_model_names
-
         names += monai_model_names()
     return sorted(n for n in names if fnmatch.fnmatchcase(n.lower(), pattern.lower()))
 
 
 def _entry(name: str) -> ModelEntry:
-    _ensure_loaded()
-    if name not in _REGISTRY:
-        raise unknown_name_error("model", name, list(_REGISTRY))
-    return _REGISTRY[name]
+    """The :class:`ModelEntry` of a registered name; an unknown name raises ``ConfigError`` with the nearest."""
+    builder = MODEL_REGISTRY.lookup(name)
+    return ModelEntry(name=name, builder=builder, **MODEL_REGISTRY.meta(name))
 
 
 def model_info(name: str) -> dict[str, Any]:
@@ -140,8 +125,6 @@ def model_info(name: str) -> dict[str, Any]:
         ConfigError: for an unknown name (with the nearest names).
     """
     if name.startswith("monai."):
-        from .monai_nets import monai_model_info
-
         return monai_model_info(name)
     e = _entry(name)
     return {
@@ -184,17 +167,12 @@ def create_model(
     _check_positive(name, "in_channels", in_channels)
     _check_positive(name, "num_classes", num_classes)
     if name.startswith("monai."):
-        from .monai_nets import create_monai_model
-
         return create_monai_model(name, in_channels, num_classes, spatial_dims, **kwargs)
     e = _entry(name)
     if spatial_dims not in e.spatial_dims:
         dims = " or ".join(str(d) for d in e.spatial_dims)
         raise ConfigError(f"model {name!r} supports spatial_dims {dims}, got spatial_dims={spatial_dims}")
-    options = e.options()
-    for key in kwargs:
-        if key not in options:
-            raise unknown_name_error(f"option for model {name!r}:", key, list(options) or ["(none)"])
+    MODEL_REGISTRY.check_options(name, kwargs)
     params = inspect.signature(e.builder).parameters
     call = dict(kwargs)
     if "spatial_dims" in params:

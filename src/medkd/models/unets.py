@@ -330,7 +330,7 @@ class UNetPlusPlus(ZooModel):
         dropout: float = 0.0,
     ) -> None:
         super().__init__(spatial_dims=2)
-        from monai.networks.nets import BasicUNetPlusPlus
+        from monai.networks.nets import BasicUNetPlusPlus  # lazy: keeps `import medkd.models` free of monai
 
         features = tuple(int(f) for f in features)
         if len(features) != 6:

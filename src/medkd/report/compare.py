@@ -7,19 +7,18 @@ numbers, so the report says plainly when distillation did not help.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from medkd.evaluate.stats import format_mean_std, paired_wilcoxon
 from medkd.report.document import Document
 from medkd.report.figures import plot_training_curves
+from medkd.report.scores import case_foreground_means
+from medkd.run import RunFolder
 
-__all__ = ["RunResult", "case_foreground_dice", "comparison_document", "load_run_result"]
+__all__ = ["RunResult", "comparison_document", "load_run_result"]
 
 
 @dataclass
@@ -37,29 +36,13 @@ class RunResult:
 
 
 def load_run_result(label: str, run_dir: Path) -> RunResult:
-    """Read a run's evaluation, history and size."""
-    from medkd.train.run_folder import load_run_model
-
-    run_dir = Path(run_dir)
-    model, cfg = load_run_model(run_dir)
+    """Read a run's evaluation, history and size through its :class:`~medkd.run.RunFolder`."""
+    run = RunFolder(run_dir)
+    model, cfg = run.load_model()
     params = sum(p.numel() for p in model.parameters())
-    summary = json.loads((run_dir / "evaluation" / "summary.json").read_text())
-    per_case = json.loads((run_dir / "evaluation" / "per_case.json").read_text())
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    epochs = [r for r in (json.loads(line) for line in lines if line.strip()) if r.get("kind") == "epoch"]
-    ts = run_dir / "train_summary.json"
-    seconds = json.loads(ts.read_text()).get("train_seconds") if ts.is_file() else None
-    return RunResult(label, run_dir, cfg.model.name, params, summary, per_case, epochs, seconds)
-
-
-def case_foreground_dice(per_case: list[dict[str, Any]], classes: list[str]) -> dict[str, float]:
-    """Per case: mean Dice over the foreground classes with a defined value."""
-    out = {}
-    for rec in per_case:
-        vals = [rec["metrics"][c]["dice"] for c in classes if rec["metrics"].get(c, {}).get("dice") is not None]
-        if vals:
-            out[rec["case"]] = float(np.mean(vals))
-    return out
+    seconds = run.summary().get("train_seconds") if run.has_summary() else None
+    return RunResult(label, run.path, cfg.model.name, params, run.evaluation(), run.per_case(),
+                     run.epoch_metrics(), seconds)
 
 
 def _fmt_p(p: float | None) -> str:
@@ -81,7 +64,7 @@ def comparison_document(title: str, runs: Mapping[str, Path], baseline: str | No
     results = {label: load_run_result(label, path) for label, path in runs.items()}
     first = next(iter(results.values()))
     classes = first.summary["foreground_classes"]
-    fg = {label: case_foreground_dice(r.per_case, classes) for label, r in results.items()}
+    fg = {label: case_foreground_means(r.per_case, "dice", classes) for label, r in results.items()}
     doc = Document(title)
     doc.heading("Results on held-out cases")
     headers = ["run", "network", "params", "train s", "Dice (fg mean)", *[f"Dice {c}" for c in classes],

@@ -1,7 +1,8 @@
-"""Validation during training: mean foreground Dice per whole validation volume."""
+"""Validation during training: mean foreground Dice per whole validation volume, and the collapse flag."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -11,7 +12,10 @@ from medkd.config import RunConfig
 from medkd.data.pipeline import PreparedCase
 from medkd.inference import predict_volume
 
-__all__ = ["dice_per_class", "validate"]
+__all__ = ["COLLAPSE_DROP", "dice_per_class", "validate", "validation_collapse"]
+
+#: A run is flagged when its last validations fall this far (Dice points / 100) below its best one.
+COLLAPSE_DROP = 0.05
 
 
 def dice_per_class(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> list[float]:
@@ -39,3 +43,21 @@ def validate(model: torch.nn.Module, cases: Sequence[PreparedCase], cfg: RunConf
             scores.append(float(np.mean(per_class)))
     model.train(was_training)
     return float(np.mean(scores)) if scores else float("nan")
+
+
+def validation_collapse(best: float | None, history: list[float], window: int = 3) -> str | None:
+    """A one-line warning when validation Dice collapsed after the best epoch, else None.
+
+    "Collapsed": the best validation came before the last ``window`` ones, and their mean is more than
+    :data:`COLLAPSE_DROP` below it; the best checkpoint then predates the collapse and the run deserves a look.
+    """
+    finite = [v for v in history if math.isfinite(v)]
+    if best is None or not math.isfinite(best) or len(finite) < window + 1:
+        return None
+    if max(finite[-window:]) >= best:
+        return None  # the best is among the last validations: still improving
+    tail = sum(finite[-window:]) / window
+    if best - tail > COLLAPSE_DROP:
+        return (f"validation Dice collapsed: best {best:.4f}, mean of the last {window} validations {tail:.4f}; "
+                "the best checkpoint predates the collapse")
+    return None
