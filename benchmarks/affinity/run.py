@@ -27,13 +27,14 @@ import argparse
 import contextlib
 import importlib.util
 import json
-import platform
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from medkd.measure.machine import machine_info
+from medkd.measure.timing import clock, cuda_sync
 
 HERE = Path(__file__).resolve().parent
 REFERENCE = HERE.parents[1] / "tests" / "distill" / "test_affinity_fast.py"  # the previous affinity code
@@ -55,16 +56,9 @@ ARMS: dict[str, list[dict[str, Any]]] = {
 
 def machine(device: torch.device) -> dict[str, Any]:
     """The machine the numbers come from: CPU model, platform, torch, threads and (on CUDA) the GPU."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+    m = machine_info()
+    info = {"cpu": m["cpu"], "platform": m["platform"], "python": m["python"], "torch": m["torch"],
+            "threads": m["torch_threads"]}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -148,23 +142,17 @@ class Arm:
         return float(loss.detach())
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_arms(arms: list[Arm], image: torch.Tensor, label: torch.Tensor, steps: int, warmup: int,
               device: torch.device) -> dict[str, list[float]]:
     """Seconds per step of every arm, interleaved round by round; warm-up rounds are not kept."""
     times: dict[str, list[float]] = {a.name: [] for a in arms}
+    sync = cuda_sync(device)
     for r in range(warmup + steps):
         for arm in arms:
-            _sync(device)
-            t0 = time.perf_counter()
+            t0 = clock(sync)
             arm.step(image, label)
-            _sync(device)
             if r >= warmup:
-                times[arm.name].append(time.perf_counter() - t0)
+                times[arm.name].append(clock(sync) - t0)
     return times
 
 
@@ -175,7 +163,7 @@ def profile_step(arm: Arm, image: torch.Tensor, label: torch.Tensor, device: tor
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts) as prof:
         arm.step(image, label)
-        _sync(device)
+        clock(cuda_sync(device))
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=key, row_limit=rows)
 

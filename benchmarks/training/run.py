@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import time
 from pathlib import Path
 
 import torch
 
 from medkd.bench.train import MODES, OPTIONAL_MODES, bench_train, render_markdown
+from medkd.measure.machine import cpu_model, load_average, utc_now
 
 HERE = Path(__file__).resolve().parent
 
@@ -41,14 +40,14 @@ def main() -> None:
     modes = MODES + OPTIONAL_MODES if gpu and not args.no_compile else MODES
     rows = bench_train(pairs, device=args.device, steps=steps, warmup=warmup, modes=modes)
     machine = (torch.cuda.get_device_name(0) if gpu else
-               f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+               f"CPU {cpu_model()}, {os.cpu_count()} cores, "
                f"{torch.get_num_threads()} torch threads")
     stem = "training_gpu" if gpu else "training_cpu"
-    record = {"machine": machine, "torch": torch.__version__, "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-              time.gmtime()), "load_average": os.getloadavg(), "steps": steps, "warmup": warmup, "rows": rows}
+    record = {"machine": machine, "torch": torch.__version__, "date_utc": utc_now(),
+              "load_average": load_average(), "steps": steps, "warmup": warmup, "rows": rows}
     (HERE / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
     note = ("\nCPU run at reduced sizes (the issue's 256x256 batch 16 / 64^3 set-ups are for a GPU); "
-            f"load average at the end {os.getloadavg()[0]:.2f}.\n" if not gpu else "")
+            f"load average at the end {(load_average() or [float('nan')])[0]:.2f}.\n" if not gpu else "")
     (HERE / f"{stem}.md").write_text(render_markdown(rows, machine) + note)
     print(render_markdown(rows, machine))
 
