@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from medkd.inference import logits_to_probabilities, predict_volume
+from medkd.inference import logits_to_probabilities, predict_volume, predicted_classes
 
 
 def _pointwise(x: torch.Tensor) -> torch.Tensor:
@@ -81,3 +82,13 @@ def test_3d_volume_size_resizes_there_and_back():
     probs = predict_volume(_pointwise, image, dim=3, size=(4, 4, 4), volume_size=(8, 8, 8))
     assert probs.shape == (2, 10, 12, 6)
     assert torch.allclose(probs[1], torch.full((10, 12, 6), torch.sigmoid(torch.tensor(6.0)).item()), atol=1e-5)
+
+
+def test_predicted_classes_is_argmax_with_first_maximum_on_ties() -> None:
+    probs = torch.rand(4, 9, 7, 3, generator=torch.Generator().manual_seed(0))
+    probs[2, :4] = probs[1, :4]  # ties between classes 1 and 2 on part of the grid
+    probs[:, 0, 0, 0] = 0.25  # all four tied: class 0
+    labels = predicted_classes(probs)
+    assert labels.dtype == np.int64 and labels.shape == (9, 7, 3)
+    assert np.array_equal(labels, probs.argmax(0).numpy())
+    assert labels[0, 0, 0] == 0

@@ -28,7 +28,7 @@ from medkd.data.pipeline import prepare_cases
 from medkd.data.synthetic import generate_dataset
 from medkd.errors import MedkdError
 from medkd.evaluate.runner import evaluate_run
-from medkd.inference import predict_volume
+from medkd.inference import predict_volume, predicted_classes
 from medkd.recipe import choose, recipe_configs
 from medkd.report.compare import comparison_document
 from medkd.report.figures import plot_qualitative
@@ -75,7 +75,7 @@ def _qualitative(out: Path, runs: dict[str, Path], n_rows: int = 3) -> Path:
         labels.append(f"{pc.case_id} ({pc.site})")
         for label, (model, mcfg) in models.items():
             probs = pc.restore(predict_volume(model, pc.image, mcfg.data.dim, mcfg.data.size))
-            preds[label].append(probs.argmax(0).numpy()[..., z])
+            preds[label].append(predicted_classes(probs)[..., z])
     return plot_qualitative(images, refs, preds, out / "figures" / "qualitative.png", labels)
 
 

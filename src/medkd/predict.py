@@ -31,7 +31,7 @@ from medkd.data.nifti_io import read_nifti, write_nifti
 from medkd.data.pipeline import prepare_arrays
 from medkd.errors import DataError, MedkdError, unknown_name_error
 from medkd.export import resolve_onnx_export
-from medkd.inference import predict_volume
+from medkd.inference import predict_volume, predicted_classes
 from medkd.io import staged_files
 from medkd.onnx_runtime import OnnxPredictor
 from medkd.run import RunFolder
@@ -217,6 +217,6 @@ def predict_files(run_dir: str | Path, inputs: Sequence[str | Path], out_dir: st
             pc = prepare_arrays(cid, None, image, None, affine, data_cfg)
             probs = pc.restore(predict_volume(predictor, pc.image, data_cfg.dim, data_cfg.size,
                                               data_cfg.volume_size, setup["batch_size"], setup["sw_overlap"], dev))
-            pred = np.asarray(label_values)[probs.argmax(0).numpy()].astype(np.uint8).reshape(shape)
+            pred = np.asarray(label_values)[predicted_classes(probs)].astype(np.uint8).reshape(shape)
             stage.write(targets[cid], lambda tmp, pred=pred, affine=affine: write_nifti(tmp, pred, affine=affine))
     return list(targets.values())

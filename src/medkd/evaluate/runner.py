@@ -24,7 +24,7 @@ from medkd.data.pipeline import prepare_cases
 from medkd.errors import MedkdError
 from medkd.evaluate.metrics import HD95, case_metrics, summarize
 from medkd.evaluate.saved_predictions import panel_cases, save_panel_prediction
-from medkd.inference import predict_volume
+from medkd.inference import predict_volume, predicted_classes
 from medkd.run import RunFolder
 
 __all__ = ["evaluate_run", "evaluation_dir", "spacing_from_affine"]
@@ -78,12 +78,13 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, device: str | No
         pc = prepare_cases(index, [cid], channels, cfg.data)[0]
         probs = pc.restore(predict_volume(model, pc.image, cfg.data.dim, cfg.data.size, cfg.data.volume_size,
                                           cfg.evaluate.batch_size, cfg.evaluate.sw_overlap, dev))
-        pred = np.asarray(values)[probs.argmax(0).numpy()]
+        labels = predicted_classes(probs)
+        pred = np.asarray(values)[labels]
         ref = np.asarray(values)[pc.reference]
         metrics = case_metrics(pred, ref, groups, spacing=spacing_from_affine(pc.affine), hd95=cfg.evaluate.hd95)
         records.append({"case": cid, "site": pc.site, "metrics": metrics})
         if cid in shown:
-            panel[cid] = probs.argmax(0).numpy()
+            panel[cid] = labels
         if save_predictions:
             write_nifti(run.prediction_path(split, cid), pred.astype(np.uint8), affine=pc.affine)
     has_sites = all(r["site"] is not None for r in records)

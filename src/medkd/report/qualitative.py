@@ -21,7 +21,7 @@ from medkd.data.pipeline import load_case, prepare_cases
 from medkd.errors import MedkdError
 from medkd.evaluate.saved_predictions import PANEL_ROWS, load_panel_predictions, panel_cases
 from medkd.experiment.collect import RunRecord
-from medkd.inference import predict_volume
+from medkd.inference import predict_volume, predicted_classes
 from medkd.report import figures
 from medkd.report.context import ReportContext
 from medkd.run import RunFolder
@@ -86,7 +86,7 @@ def _predict(run: RunFolder, cases: Sequence[str]) -> list[np.ndarray]:
         with torch.no_grad():
             probs = pc.restore(predict_volume(model, pc.image, cfg.data.dim, cfg.data.size, cfg.data.volume_size,
                                               cfg.evaluate.batch_size, cfg.evaluate.sw_overlap))
-        out.append(probs.argmax(0).numpy())
+        out.append(predicted_classes(probs))
     return out
 
 

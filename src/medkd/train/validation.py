@@ -10,7 +10,7 @@ import torch
 
 from medkd.config import RunConfig
 from medkd.data.pipeline import PreparedCase
-from medkd.inference import predict_volume
+from medkd.inference import predict_volume, predicted_classes
 
 __all__ = ["COLLAPSE_DROP", "dice_per_class", "validate", "validation_collapse"]
 
@@ -37,7 +37,7 @@ def validate(model: torch.nn.Module, cases: Sequence[PreparedCase], cfg: RunConf
     for pc in cases:
         probs = predict_volume(model, pc.image, cfg.data.dim, cfg.data.size,
                                cfg.data.volume_size, cfg.evaluate.batch_size, cfg.evaluate.sw_overlap, device)
-        pred = probs.argmax(0).numpy()
+        pred = predicted_classes(probs)
         per_class = [d for d in dice_per_class(pred, pc.label, num_classes) if not np.isnan(d)]
         if per_class:
             scores.append(float(np.mean(per_class)))
