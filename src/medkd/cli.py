@@ -100,9 +100,14 @@ def data_prepare(
     if cfg.data.prepared == "off":
         raise ConfigError(f"{config}: data.prepared is off; nothing to prepare")
     bundle = build_bundle(cfg)
+    if cfg.distill is not None:  # a teacher with its own normalisation (nnU-Net) adds its copy to the samples
+        from medkd.teachers import TeacherInputs, teacher_input_normalization
+
+        bundle.teacher_normalization = teacher_input_normalization(cfg.distill.teacher,
+                                                                   TeacherInputs.of_run(cfg, bundle))
     images, _, _, info = prepared_slices(cfg.data, bundle.index, bundle.split["train"], bundle.loaded_channels,
                                          progress="preparing training cases" if cfg.train.progress else None,
-                                         must_write=True)
+                                         must_write=True, teacher=bundle.teacher_copy)
     megabytes = folder_size(info.folder) / 2**20
     state = "reused" if info.reused else "written"
     typer.echo(f"{info.folder}: {images.shape[0]} slices of {len(bundle.split['train'])} training cases, "
@@ -359,7 +364,8 @@ def bench_train_cmd(
 @experiment_app.command("run")
 def experiment_run_cmd(
     preset: Path = typer.Argument(..., help="experiment preset (YAML), e.g. experiments/paper_a_acdc.yaml"),
-    budget: str = typer.Option("quick", "--budget", help="quick (2-core CPU) or full (GPU)"),
+    budget: str = typer.Option("quick", "--budget", help="quick (2-core CPU, ~30 min), cpu (2-core CPU, ~1 h), "
+                               "gpu (one <= 9-min GPU call) or full (GPU)"),
     seeds: int | None = typer.Option(None, "--seeds", min=1, help="seeds of the headline runs (default: preset)"),
     out: Path | None = typer.Option(None, "--out", help="experiment folder (default: runs/<preset name>)"),
     only: str | None = typer.Option(None, "--only", help="run names matching this pattern (+ their teachers)"),

@@ -14,10 +14,11 @@ from typer.testing import CliRunner
 from medkd.config import parse_config
 from medkd.data import pipeline
 from medkd.data.loader import build_bundle, build_train_source
-from medkd.data.pipeline import prepare_cases, slice_samples
-from medkd.data.prepared import cache_root, prepared_slices
+from medkd.data.pipeline import TeacherCopy, prepare_cases, slice_samples
+from medkd.data.prepared import cache_root, fingerprint, prepared_slices
 from medkd.errors import ConfigError, MedkdError
 from medkd.run import RunFolder
+from medkd.teachers.nnunet_norm import nnunet_normalization
 from medkd.train.trainer import train
 
 
@@ -97,6 +98,27 @@ def test_training_is_identical_with_and_without_the_cache_and_reuses_it(synth2d,
     w_off, w_warm = weights("off"), weights("warm")
     assert w_off.keys() == w_warm.keys()
     assert all(torch.equal(w_off[k], w_warm[k]) for k in w_off)
+
+
+def test_a_teachers_own_copy_is_part_of_the_fingerprint(synth2d, make_config, tmp_path, loads):
+    cfg = _cfg(make_config, synth2d, tmp_path / "cache")
+    bundle = build_bundle(cfg)
+    ids, ch = bundle.split["train"], bundle.loaded_channels
+    zscore = TeacherCopy((0,), nnunet_normalization(["ZScoreNormalization"], [False], {}, ["T2"], [0], 1, "t"))
+    rescale = TeacherCopy((0,), nnunet_normalization(["RescaleTo01Normalization"], [False], {}, ["T2"], [0], 1, "t"))
+    plain_fp, plain_facts = fingerprint(cfg.data, bundle.index, ids, ch)
+    copy_fp, copy_facts = fingerprint(cfg.data, bundle.index, ids, ch, zscore)
+    assert "teacher_copy" not in plain_facts and copy_facts["teacher_copy"]["positions"] == [0]
+    assert copy_facts["teacher_copy"]["normalization"]["channels"][0]["scheme"] == "ZScoreNormalization"
+    assert len({plain_fp, copy_fp, fingerprint(cfg.data, bundle.index, ids, ch, rescale)[0]}) == 3
+    plain = prepared_slices(cfg.data, bundle.index, ids, ch)
+    first = prepared_slices(cfg.data, bundle.index, ids, ch, teacher=zscore)
+    loads.clear()
+    again = prepared_slices(cfg.data, bundle.index, ids, ch, teacher=zscore)
+    assert again[3].reused and loads == [] and first[3].folder.name == copy_fp != plain[3].folder.name
+    assert plain[0].shape[1] == 1 and again[0].shape[1] == 2 and torch.equal(again[0], first[0])
+    assert torch.equal(again[0][:, :1], plain[0])  # the student's channels are untouched by the copy
+    assert torch.equal(again[1], plain[1]) and again[2] == plain[2]
 
 
 def test_changed_file_or_size_makes_a_new_cache(synth2d, make_config, tmp_path, loads):

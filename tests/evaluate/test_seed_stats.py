@@ -61,6 +61,15 @@ def test_paired_seed_test_needs_two_seeds():
     json.dumps(none, allow_nan=False)
 
 
+def test_paired_seed_test_min_n_withholds_the_p_value():
+    a, b = {0: 0.80, 1: 0.84}, {0: 0.78, 1: 0.79}
+    two = paired_seed_test(a, b)
+    assert two["p"] == pytest.approx(float(sps.ttest_rel([0.80, 0.84], [0.78, 0.79]).pvalue))
+    held = paired_seed_test(a, b, min_n=3)
+    assert held["n"] == 2 and held["p"] is None and held["t"] is None and held["reason"] == "only 2 paired seed(s)"
+    assert held["delta"] == pytest.approx(0.035) and held["wins"] == 2
+
+
 def test_paired_seed_test_without_spread_gives_a_reason():
     r = paired_seed_test({0: 0.5, 1: 0.75, 2: 0.25}, {0: 0.25, 1: 0.5, 2: 0.0})  # every difference 0.25
     assert r["n"] == 3 and r["delta"] == pytest.approx(0.25) and r["wins"] == 3

@@ -78,7 +78,8 @@ def test_paper_a_style_run_skip_resume_report(tmp_path: Path, monkeypatch: pytes
 
     md, html = render_report(tmp_path / "exp", tmp_path / "results")
     text = md.read_text()
-    assert "| method | params | target site1 | mean | Δ vs w/o KD | p (Wilcoxon) | n |" in text
+    assert ("| method | params | target site1 | mean | Δ vs w/o KD | "
+            "p (volumes, Wilcoxon) | p (seeds, paired t) | 95% CI (bootstrap seeds x volumes) | n |") in text
     assert "sites are SIMULATED" in text and "budget: quick" in text and "site2 not run" in text
     assert "Student w/ KD" in text and "Teacher Teacher" in text
     assert "## Closing note" in text and "## Headline" in text
@@ -127,7 +128,8 @@ def test_thesis_b_style_reconstruction_and_anova(tmp_path: Path, monkeypatch: py
     assert len(split["train"]) == round(0.5 * len(teacher_split["train"]))
     md, _ = render_report(tmp_path / "exp")
     text = md.read_text()
-    assert "| method | params | IoU | Dice | Recall | Precision | Δ Dice | p (Wilcoxon) | n |" in text
+    assert ("| method | params | IoU | Dice | Recall | Precision | Δ Dice | "
+            "p (volumes, Wilcoxon) | p (seeds, paired t) | 95% CI (bootstrap seeds x volumes) | n |") in text
     assert "recon. PSNR (dB)" in text and "One-way ANOVA" in text
     stats = json.loads((tmp_path / "exp" / "statistics.json").read_text())
     assert stats["anova/s1"]["n_groups"] == 3
@@ -166,7 +168,8 @@ def test_kdnet_style_two_modalities_folds(tmp_path: Path, monkeypatch: pytest.Mo
     assert summary["foreground_classes"] == ["WT", "ET"]
     md, _ = render_report(tmp_path / "exp")
     text = md.read_text()
-    assert "| method | params | Dice WT | Dice ET | mean | Δ vs GT | p (Wilcoxon) | n |" in text
+    assert ("| method | params | Dice WT | Dice ET | mean | Δ vs GT | "
+            "p (volumes, Wilcoxon) | p (seeds, paired t) | 95% CI (bootstrap seeds x volumes) | n |") in text
     assert "3-fold cross-validation" in text
     assert (tmp_path / "exp" / "figures" / "qualitative.png").is_file()
 

@@ -20,11 +20,17 @@ def _preset(name: str):
 
 @pytest.mark.parametrize(("name", "budget", "n_runs", "n_teachers"), [
     ("paper_a_acdc.yaml", "quick", 20, 1),         # 1 teacher; ESPNet 2 x 3 seeds + 7 ablation rows; ERFNet 2 x 3
-    ("paper_a_acdc.yaml", "full", 852, 24),        # 4 sites x (2 teachers x 3 seeds + 3 students x (1 + 11 x 2) x 3)
+    ("paper_a_acdc.yaml", "full", 924, 24),        # 4 sites x (2 teachers x 3 seeds + 3 students x (1 + 12 x 2) x 3)
+    ("paper_a_acdc.yaml", "gpu", 10, 1),           # site1: 1 teacher + ENet x 3 rows x 3 seeds
+    ("paper_a_acdc.yaml", "cpu", 10, 1),
     ("thesis_b_acdc.yaml", "quick", 24, 1),        # S1: 2 x 3 seeds + 11 one-seed rows; S2: 2 x 3 seeds
-    ("thesis_b_acdc.yaml", "full", 366, 6),        # 2 teachers x 3 + 2 students x (6 + 29 x 2 x 3)
+    ("thesis_b_acdc.yaml", "full", 378, 6),        # 2 teachers x 3 + 2 students x (6 + 30 x 2 x 3)
+    ("thesis_b_acdc.yaml", "gpu", 11, 1),          # 1 teacher + S1 x 3 rows x 3 seeds + the 100% control
+    ("thesis_b_acdc.yaml", "cpu", 10, 1),
     ("kdnet_brats.yaml", "quick", 30, 6),          # 3 folds x (2 teachers + 6 objectives (4 skips) + 2 (0 skips))
-    ("kdnet_brats.yaml", "full", 126, 18),         # 3 folds x 3 seeds x (2 teachers + 2 x 6 objectives)
+    ("kdnet_brats.yaml", "full", 144, 18),         # 3 folds x 3 seeds x (2 teachers + 2 x 7 objectives)
+    ("kdnet_brats.yaml", "gpu", 12, 3),            # 3 folds x (1 teacher + 3 rows), one seed
+    ("kdnet_brats.yaml", "cpu", 12, 3),
 ])
 def test_grid_counts_and_validity(name: str, budget: str, n_runs: int, n_teachers: int) -> None:
     runs = expand_grid(_preset(name), budget)

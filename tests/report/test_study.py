@@ -22,7 +22,8 @@ def _table_row(text: str, label: str) -> list[str]:
 def test_paper_a_layout_names_the_runs_classes(results_folder, tmp_path: Path) -> None:
     md, html = render_report(results_folder("paper_a", classes=("RV", "MYO", "LV")), tmp_path / "out")
     text = md.read_text()
-    assert "| method | params | target fixed | mean | Δ vs w/o KD | p (Wilcoxon) | n |" in text
+    assert ("| method | params | target fixed | mean | Δ vs w/o KD | p (volumes, Wilcoxon) | p (seeds, paired t) "
+            "| 95% CI (bootstrap seeds x volumes) | n |") in text
     assert "cells: mean foreground Dice (RV, MYO, LV) per test volume" in text
     other, _ = render_report(results_folder("paper_a", classes=("Tumour", "Oedema"), name="r2"), tmp_path / "o2")
     assert "cells: mean foreground Dice (Tumour, Oedema) per test volume" in other.read_text()
@@ -59,22 +60,25 @@ def test_preset_without_study_gets_the_generic_layout(results_folder, tmp_path: 
         md, _ = render_report(results_folder(study, classes=("gland",), name=f"r-{study}"), tmp_path / f"o-{study}")
         text = md.read_text()
         assert "paper A" not in text and "RV" not in text
-        assert "| method | params | Dice gland | mean | Δ vs baseline | p (Wilcoxon) | n |" in text
+        assert ("| method | params | Dice gland | mean | Δ vs baseline | p (volumes, Wilcoxon) | p (seeds, paired t) "
+                "| 95% CI (bootstrap seeds x volumes) | n |") in text
         assert "per class and over the foreground classes (gland) per test volume" in text
         teacher = _table_row(text, "Teacher Big")
-        assert teacher[4:6] == ["", ""] and teacher[-1] == "2"
+        assert teacher[4:8] == ["", "", "", ""] and teacher[-1] == "2"
         assert _table_row(text, "Full KD ← Big")[4].startswith("+0.1")
 
 
 def test_thesis_b_and_kdnet_layouts(results_folder, tmp_path: Path) -> None:
     md, _ = render_report(results_folder("thesis_b"), tmp_path / "b")
     text = md.read_text()
-    assert "| method | params | IoU | Dice | Recall | Precision | Δ Dice | p (Wilcoxon) | n |" in text
+    assert ("| method | params | IoU | Dice | Recall | Precision | Δ Dice | p (volumes, Wilcoxon) "
+            "| p (seeds, paired t) | 95% CI (bootstrap seeds x volumes) | n |") in text
     assert "metrics: mean over RV, MYO, LV per test volume" in text and "One-way ANOVA" in text
     stats = json.loads((tmp_path / "b" / "statistics.json").read_text())
     assert stats["anova/s"]["n_groups"] == 2
     md, _ = render_report(results_folder("kdnet", classes=("WT", "TC", "ET"), name="c"), tmp_path / "c")
-    assert "| method | params | Dice WT | Dice TC | Dice ET | mean | Δ vs GT | p (Wilcoxon) | n |" in md.read_text()
+    assert ("| method | params | Dice WT | Dice TC | Dice ET | mean | Δ vs GT | p (volumes, Wilcoxon) "
+            "| p (seeds, paired t) | 95% CI (bootstrap seeds x volumes) | n |") in md.read_text()
 
 
 def test_results_folder_rerenders_and_keeps_no_figure_it_cannot_draw(results_folder, tmp_path: Path) -> None:

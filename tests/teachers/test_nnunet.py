@@ -52,22 +52,25 @@ def test_classes_are_matched_to_the_dataset_by_name(tmp_path, make):
         assert torch.equal(teacher(x), net(x)[:, [0, 2, 1]])
 
 
-def test_ct_normalisation_is_applied_to_raw_intensities(tmp_path, make):
+def test_ct_normalisation_is_declared_for_the_data_path_not_applied_inside(tmp_path, make):
     folder, net = make.nnunet(tmp_path, ["CT"], LABELS, schemes=["CTNormalization"])
-    teacher = load_teacher(TeacherConfig(nnunet=str(folder)), 1, 3, 2, _inputs(["CT"], normalize="none"))
+    teacher = load_teacher(TeacherConfig(nnunet=str(folder)), 1, 3, 2, _inputs(["CT"], normalize="zscore"))
     raw = torch.tensor([-1000.0, -100.0, 40.0, 300.0, 2000.0]).repeat(1, 1, 32, 7)[..., :32]
     p = make.ct_props
     by_hand = (raw.clamp(p["percentile_00_5"], p["percentile_99_5"]) - p["mean"]) / p["std"]
     assert by_hand.min() == pytest.approx(-1.75) and by_hand.max() == pytest.approx(3.25)
-    with torch.no_grad():
-        assert torch.allclose(teacher(raw), net(by_hand), atol=1e-5)
+    own = torch.from_numpy(teacher.input_normalization(raw[0].numpy()))[None]
+    assert torch.allclose(own, by_hand, atol=1e-6)
+    with torch.no_grad():  # the network reads the normalised copy as it is
+        assert torch.equal(teacher(own), net(own))
 
 
-def test_a_normalisation_the_pipeline_cannot_give_is_refused(tmp_path, make):
-    folder, _ = make.nnunet(tmp_path, ["CT"], LABELS, schemes=["CTNormalization"])
-    with pytest.raises(ConfigError, match="channel 'CT' with CTNormalization, which needs data.normalize: none "
-                                          r"\(got zscore\)"):
-        load_teacher(TeacherConfig(nnunet=str(folder)), 1, 3, 2, _inputs(["CT"], normalize="zscore"))
+def test_any_data_normalize_is_accepted_with_the_plans_own_scheme(tmp_path, make):
+    folder, _ = make.nnunet(tmp_path, ["T2", "ADC"], LABELS, schemes=["ZScoreNormalization", "CTNormalization"])
+    for normalize in ("percentile", "minmax", "none"):
+        teacher = load_teacher(TeacherConfig(nnunet=str(folder)), 2, 3, 2, _inputs(["ADC", "T2"], normalize=normalize))
+        channels = teacher.input_normalization.channels  # laid out on the given channels: ADC first
+        assert [c.scheme for c in channels] == ["CTNormalization", "ZScoreNormalization"]
 
 
 def test_taps_follow_the_architectures_stages(tmp_path, make):

@@ -52,10 +52,12 @@ def apply_ops(x: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
 
 
 def augment_batch(batch: Mapping[str, torch.Tensor], cfg: AugmentConfig, generator: torch.Generator,
-                  spatial_keys: tuple[str, ...] = ("image", "teacher_image", "label")) -> dict[str, torch.Tensor]:
+                  spatial_keys: tuple[str, ...] = ("image", "teacher_image", "label"),
+                  intensity_keys: tuple[str, ...] = ("image", "teacher_image")) -> dict[str, torch.Tensor]:
     """Return a copy of ``batch`` with the same random ops applied to every key in ``spatial_keys``.
 
-    Rotations need square spatial axes; the intensity jitter (``cfg.intensity``) touches images only.
+    Rotations need square spatial axes; the intensity jitter (``cfg.intensity``) touches the images of
+    ``intensity_keys`` only (e.g. not a teacher's own normalised copy). The random draws do not depend on the keys.
     """
     out = dict(batch)
     ref = batch["image"]
@@ -71,7 +73,7 @@ def augment_batch(batch: Mapping[str, torch.Tensor], cfg: AugmentConfig, generat
         shape = (b,) + (1,) * (ref.ndim - 1)
         scale = (1 + cfg.intensity * torch.randn(shape, generator=generator)).to(ref.device)
         shift = (cfg.intensity * torch.randn(shape, generator=generator)).to(ref.device)
-        for key in ("image", "teacher_image"):
+        for key in intensity_keys:
             if key in out:
                 out[key] = out[key] * scale + shift
     out["augment_ops"] = ops

@@ -10,6 +10,11 @@ and a resumed run, draw the same batches.
 
 With ``data.neighbours = k`` (2.5D) every held channel becomes ``2k + 1`` channels: the network reads
 :attr:`DataBundle.in_channels` inputs and :meth:`DataBundle.positions` returns the expanded positions.
+
+A teacher with its own normalisation (:attr:`DataBundle.teacher_normalization`, e.g. nnU-Net's) reads its own
+copy of its channels, held after the loaded ones (:class:`~medkd.data.pipeline.TeacherCopy`): each sample then
+holds the loaded channels with medkd's preprocessing, followed by the teacher's channels its way, cut, resized
+and augmented together. :meth:`DataBundle.teacher_positions` says where the teacher's inputs are.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from tqdm.auto import tqdm
 from medkd.config import DataConfig, RunConfig
 from medkd.data.formats import DatasetIndex, read_dataset, with_label_map
 from medkd.data.pipeline import (
+    CaseNormalization,
     PreparedCase,
+    TeacherCopy,
     load_case,
     prepare_arrays,
     prepare_cases,
@@ -95,6 +102,8 @@ class DataBundle:
         class_names: names of classes 0..K-1 (background first).
         neighbours: 2.5D neighbour slices per side (``data.neighbours``).
         meta: facts for ``split.json`` (protocol, training pool before ``train_fraction``); see :meth:`record`.
+        teacher_normalization: the teacher's own per-case normalisation of its channels (None: it reads medkd's
+            preprocessing, and samples hold no copy for it).
     """
 
     index: DatasetIndex
@@ -104,6 +113,7 @@ class DataBundle:
     class_names: list[str] = field(default_factory=list)
     neighbours: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    teacher_normalization: CaseNormalization | None = None
 
     @property
     def num_classes(self) -> int:
@@ -148,6 +158,26 @@ class DataBundle:
         """
         loaded = self.loaded_channels
         return neighbour_positions([loaded.index(c) for c in which], self.neighbours)
+
+    @property
+    def teacher_copy(self) -> TeacherCopy | None:
+        """The teacher's own copy of its channels (None without :attr:`teacher_normalization`)."""
+        if self.teacher_normalization is None or self.teacher_channels is None:
+            return None
+        loaded = self.loaded_channels
+        return TeacherCopy(tuple(loaded.index(c) for c in self.teacher_channels), self.teacher_normalization)
+
+    def teacher_positions(self) -> list[int] | None:
+        """Positions of the teacher's inputs inside the held sample channels (None without distillation).
+
+        Its own copy, held after the loaded channels, when it has one; else its channels among the loaded ones.
+        """
+        if self.teacher_channels is None:
+            return None
+        if self.teacher_normalization is None:
+            return self.positions(self.teacher_channels)
+        start = len(self.loaded_channels)
+        return neighbour_positions(list(range(start, start + len(self.teacher_channels))), self.neighbours)
 
 
 def build_bundle(cfg: RunConfig) -> DataBundle:
@@ -310,7 +340,7 @@ def build_unlabeled_source(cfg: RunConfig, bundle: DataBundle) -> ImageSliceSour
     """The run's images without labels (left-out training cases, ``data.unlabeled`` folder), or None.
 
     Images pass the run's preprocessing with the channels of :attr:`DataBundle.loaded_channels` (looked up by
-    name in the extra folder); labels are never read.
+    name in the extra folder), plus the teacher's own copy when it has one; labels are never read.
     """
     record = bundle.meta.get("unlabeled")
     if not record:
@@ -322,15 +352,17 @@ def build_unlabeled_source(cfg: RunConfig, bundle: DataBundle) -> ImageSliceSour
         jobs += [(extra, cid, extra.channel_indices(names)) for cid in record["folder_cases"]]
     bar = tqdm(jobs, desc="loading images without labels", disable=None if cfg.train.progress else True,
                leave=False, dynamic_ncols=True)
-    volumes = [_image_only(index, cid, channels, cfg.data) for index, cid, channels in bar]
+    copy = bundle.teacher_copy
+    volumes = [_image_only(index, cid, channels, cfg.data, copy) for index, cid, channels in bar]
     return ImageSliceSource(volumes, tuple(cfg.data.size))
 
 
-def _image_only(index: DatasetIndex, case_id: str, channels: list[int], data: DataConfig) -> torch.Tensor:
+def _image_only(index: DatasetIndex, case_id: str, channels: list[int], data: DataConfig,
+                teacher: TeacherCopy | None = None) -> torch.Tensor:
     """One case's preprocessed image (C, *spatial); its label file, if any, is never opened."""
     case = dataclasses.replace(index.case(case_id), label_file=None)
     image, _, affine = load_case(case, channels, index=index)
-    return torch.from_numpy(prepare_arrays(case_id, case.site, image, None, affine, data).image)
+    return torch.from_numpy(prepare_arrays(case_id, case.site, image, None, affine, data, teacher).image)
 
 
 def build_train_source(cfg: RunConfig, bundle: DataBundle) -> SliceSource | PatchSource:
@@ -338,13 +370,16 @@ def build_train_source(cfg: RunConfig, bundle: DataBundle) -> SliceSource | Patc
 
     2D runs read their slices from the prepared-sample cache (:mod:`medkd.data.prepared`, ``data.prepared``)
     when it holds them, and write it otherwise; 3D runs (random patches) always prepare their volumes here.
+    Samples hold the teacher's own copy of its channels after the loaded ones when it has one.
     """
     progress = "loading training cases" if cfg.train.progress else None
+    copy = bundle.teacher_copy
     if cfg.data.dim == 2:
         images, labels, origin, _ = prepared_slices(cfg.data, bundle.index, bundle.split["train"],
-                                                    bundle.loaded_channels, progress=progress)
+                                                    bundle.loaded_channels, progress=progress, teacher=copy)
         return SliceSource.from_arrays(images, labels, origin)
-    cases = prepare_cases(bundle.index, bundle.split["train"], bundle.loaded_channels, cfg.data, progress=progress)
+    cases = prepare_cases(bundle.index, bundle.split["train"], bundle.loaded_channels, cfg.data, progress=progress,
+                          teacher=copy)
     vol = tuple(cfg.data.volume_size) if cfg.data.volume_size else None
     return PatchSource(cases, tuple(cfg.data.size), vol, cfg.data.patches_per_case)
 

@@ -9,6 +9,11 @@ volumes for 3D patch training.
 Pass the run's whole :class:`~medkd.config.DataConfig` to :func:`prepare_cases` to apply every step; a
 normalisation name alone applies only that (the grid stays the file's).
 
+A teacher trained on its own per-case normalisation (nnU-Net's) gets its own copy of its channels
+(:class:`TeacherCopy`): its normalisation of the raw intensities on the run's grid (after the grid-changing steps,
+before percentile clipping and ``data.normalize``), held as extra channels after the loaded ones, so every later
+step (2.5D neighbours, slicing, resizing, patches, augmentation) treats it exactly like the student's image.
+
 Example:
     >>> prepared = prepare_cases(index, ["case_000"], channels=[0], normalize=cfg.data)
     >>> images, labels, origin = slice_samples(prepared, size=(128, 128))
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -37,7 +43,9 @@ from medkd.data.protocols import apply_simulated_site
 from medkd.errors import DataError
 
 __all__ = [
+    "CaseNormalization",
     "PreparedCase",
+    "TeacherCopy",
     "label_lookup",
     "load_case",
     "normalise",
@@ -85,6 +93,37 @@ class PreparedCase:
         if self.grid is None:
             return torch.as_tensor(probs)
         return self.grid.restore(probs)
+
+
+class CaseNormalization(Protocol):
+    """A per-case intensity normalisation of a (C, *spatial) image (e.g. nnU-Net's, of a teacher)."""
+
+    def __call__(self, image: np.ndarray) -> np.ndarray: ...
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready facts that decide its numbers (fingerprinted by the prepared-sample cache)."""
+        ...
+
+
+@dataclass(frozen=True)
+class TeacherCopy:
+    """The teacher's own copy of its channels: ``normalize`` of the loaded channels at ``positions``.
+
+    Attributes:
+        positions: positions of the teacher's channels among the loaded channels (``data.teacher_channels`` order).
+        normalize: the teacher's per-case normalisation of those channels (raw intensities in).
+    """
+
+    positions: tuple[int, ...]
+    normalize: CaseNormalization
+
+    def of(self, image: np.ndarray) -> np.ndarray:
+        """The teacher's channels of the raw ``image`` (C, *spatial), normalised its way (float32)."""
+        return np.asarray(self.normalize(image[list(self.positions)]), dtype=np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready facts of the copy (positions and normalisation)."""
+        return {"positions": [int(p) for p in self.positions], "normalization": self.normalize.describe()}
 
 
 def label_lookup(labels: dict[str, int]) -> np.ndarray:
@@ -174,7 +213,7 @@ def normalise(image: np.ndarray, mode: str) -> np.ndarray:
 
 
 def prepare_arrays(case_id: str, site: str | None, image: np.ndarray, label: np.ndarray | None,
-                   affine: np.ndarray, data: DataConfig | str) -> PreparedCase:
+                   affine: np.ndarray, data: DataConfig | str, teacher: TeacherCopy | None = None) -> PreparedCase:
     """Preprocess one loaded case (see the module docstring of :mod:`medkd.data.preprocess`).
 
     Args:
@@ -184,16 +223,23 @@ def prepare_arrays(case_id: str, site: str | None, image: np.ndarray, label: np.
         label: class indices on the same grid, or None.
         affine: the file's affine.
         data: the run's data config (every step), or a normalisation name (only that).
+        teacher: the teacher's own copy of its channels, appended after the loaded ones (None: no copy).
 
     Returns:
         The prepared case; ``restore`` maps predictions back to the file's grid.
     """
     if isinstance(data, str):
-        return PreparedCase(case_id, site, normalise(image, data), label, affine)
+        new_image = normalise(image, data)
+        if teacher is not None:
+            new_image = np.concatenate([new_image, teacher.of(image)])
+        return PreparedCase(case_id, site, new_image, label, affine)
     new_image, new_label, grid = apply_spatial(image, label, affine, data)
+    teacher_image = teacher.of(new_image) if teacher is not None else None
     if data.clip_percentiles:
         new_image = clip_percentiles(new_image, *data.clip_percentiles)
     new_image = normalise(new_image, data.normalize)
+    if teacher_image is not None:
+        new_image = np.concatenate([new_image, teacher_image])
     if data.neighbours:
         if new_image.ndim != 4:
             raise DataError(f"case {case_id}: data.neighbours needs (C, X, Y, Z) volumes, got {new_image.shape}")
@@ -203,7 +249,8 @@ def prepare_arrays(case_id: str, site: str | None, image: np.ndarray, label: np.
 
 
 def prepare_cases(index: DatasetIndex, case_ids: Sequence[str], channels: Sequence[int],
-                  normalize: str | DataConfig = "zscore", progress: str | None = None) -> list[PreparedCase]:
+                  normalize: str | DataConfig = "zscore", progress: str | None = None,
+                  teacher: TeacherCopy | None = None) -> list[PreparedCase]:
     """Load and preprocess the given cases (labels mapped to class indices).
 
     Args:
@@ -213,12 +260,13 @@ def prepare_cases(index: DatasetIndex, case_ids: Sequence[str], channels: Sequen
         normalize: the run's :class:`~medkd.config.DataConfig` (all preprocessing steps), or only a
             normalisation mode name (``zscore``, ``zscore_nonzero``, ``minmax``, ``percentile``, ``none``).
         progress: a label to show a progress bar with, on a terminal (None: silent).
+        teacher: the teacher's own copy of its channels (:class:`TeacherCopy`), held after ``channels``.
     """
     out = []
     for cid in tqdm(case_ids, desc=progress, disable=None if progress else True, leave=False, dynamic_ncols=True):
         case = index.case(cid)
         image, label, affine = load_case(case, channels, index.labels, index=index)
-        out.append(prepare_arrays(cid, case.site, image, label, affine, normalize))
+        out.append(prepare_arrays(cid, case.site, image, label, affine, normalize, teacher))
     return out
 
 

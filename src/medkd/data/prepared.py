@@ -9,7 +9,8 @@ in a folder named by a sha256 fingerprint of everything that decides those array
 * the format version of this cache and the numpy / torch / MONAI versions (resizing is theirs);
 * the dataset's resolved root and format, its classes, label mapping and meta (e.g. simulated sites);
 * the chosen case ids in order, with each case's site and every file it reads (path, size, ``mtime_ns``);
-* the loaded channel indices;
+* the loaded channel indices, and the teacher's own copy of its channels when it has one (its positions and
+  normalisation, :class:`~medkd.data.pipeline.TeacherCopy`; absent from the facts otherwise);
 * every :class:`~medkd.config.DataConfig` field except those that only choose cases or act after the samples
   (split, train_fraction, augment, unlabeled*, the cache's own keys).
 
@@ -43,7 +44,7 @@ import torch
 
 from medkd.config import DataConfig
 from medkd.data.formats import DatasetIndex
-from medkd.data.pipeline import prepare_cases, slice_samples
+from medkd.data.pipeline import TeacherCopy, prepare_cases, slice_samples
 from medkd.errors import ConfigError, MedkdError
 
 __all__ = ["FORMAT_VERSION", "PreparedInfo", "cache_root", "fingerprint", "folder_size", "prepared_slices"]
@@ -77,9 +78,12 @@ def _file_facts(path: Path) -> list[Any]:
     return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
 
 
-def fingerprint(data: DataConfig, index: DatasetIndex, case_ids: Sequence[str], channels: Sequence[int]
-                ) -> tuple[str, dict[str, Any]]:
+def fingerprint(data: DataConfig, index: DatasetIndex, case_ids: Sequence[str], channels: Sequence[int],
+                teacher: TeacherCopy | None = None) -> tuple[str, dict[str, Any]]:
     """The sha256 fingerprint of the 2D training samples of ``case_ids`` and the facts behind it.
+
+    ``teacher``: the teacher's own copy of its channels (its facts are added only when there is one, so the
+    fingerprint of samples without it stays what it was).
 
     Raises:
         OSError: a case file cannot be stat'ed (the load that follows reports it properly).
@@ -101,6 +105,8 @@ def fingerprint(data: DataConfig, index: DatasetIndex, case_ids: Sequence[str], 
         "data": {k: v for k, v in data.model_dump(mode="json").items() if k not in IGNORED_FIELDS},
         "cases": cases,
     }
+    if teacher is not None:
+        facts["teacher_copy"] = teacher.describe()
     blob = json.dumps(facts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest(), facts
 
@@ -184,7 +190,7 @@ def _write(root: Path, fp: str, facts: dict[str, Any], images: torch.Tensor, lab
 
 
 def prepared_slices(data: DataConfig, index: DatasetIndex, case_ids: Sequence[str], channels: Sequence[int],
-                    progress: str | None = None, must_write: bool = False
+                    progress: str | None = None, must_write: bool = False, teacher: TeacherCopy | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, int]], PreparedInfo]:
     """The 2D training samples of ``case_ids``: read from the cache, else prepared and written to it.
 
@@ -196,6 +202,7 @@ def prepared_slices(data: DataConfig, index: DatasetIndex, case_ids: Sequence[st
         progress: a progress-bar label for preparing the cases (None: silent).
         must_write: a cache folder that cannot be written is an error (``medkd data prepare``); otherwise a
             one-line note on stderr and the samples are used from memory (the cache only saves time).
+        teacher: the teacher's own copy of its channels, held after ``channels`` (None: none).
 
     Returns:
         ``(images, labels, origin, info)`` exactly as :func:`medkd.data.pipeline.slice_samples` gives them.
@@ -205,7 +212,7 @@ def prepared_slices(data: DataConfig, index: DatasetIndex, case_ids: Sequence[st
         MedkdError: ``must_write`` and the cache folder cannot be written (the message names it).
     """
     def compute() -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, int]]]:
-        cases = prepare_cases(index, case_ids, channels, data, progress=progress)
+        cases = prepare_cases(index, case_ids, channels, data, progress=progress, teacher=teacher)
         return slice_samples(cases, tuple(data.size), data.foreground_slices_only)
 
     if data.prepared == "off":
@@ -216,7 +223,7 @@ def prepared_slices(data: DataConfig, index: DatasetIndex, case_ids: Sequence[st
         raise ConfigError(f"data.prepared_dir: {root} is inside the dataset folder {dataset}; "
                           "medkd never writes there")
     try:
-        fp, facts = fingerprint(data, index, case_ids, channels)
+        fp, facts = fingerprint(data, index, case_ids, channels, teacher)
     except OSError:
         return (*compute(), PreparedInfo(None, "", False))  # a missing file: the load reports it
     got = _read(root / fp, fp)

@@ -14,6 +14,10 @@ Order of the steps (each off by default, so a default config trains on the file 
 7. ``neighbours``: 2.5D input — ``k`` slices on each side of a 2D slice become extra channels
    (:func:`add_neighbour_slices`; paper A's option with ``k = 1``).
 
+A teacher with its own normalisation (nnU-Net's) gets its own copy of its channels, normalised its way from the
+raw intensities after steps 1-4 (so cropped and resampled like the student's image) and skipping steps 5-6;
+step 7 and everything after treat it like the other channels (:class:`medkd.data.pipeline.TeacherCopy`).
+
 **Evaluation is done on each case's original grid.** Steps 1-4 change the grid; they are recorded as MONAI
 applied operations in a :class:`GridRecord`, and :meth:`GridRecord.restore` inverts them on the predicted class
 probabilities (re-orientation and resampling back, crops padded with background), so the prediction has

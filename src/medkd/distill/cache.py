@@ -52,6 +52,9 @@ def check_cacheable(augment: AugmentConfig, deterministic: bool) -> None:
 def fingerprint(teacher: torch.nn.Module, inputs: torch.Tensor, taps: Sequence[str]) -> str:
     """Hash of the teacher's weights, the cached inputs and the taps (a stale cache is never reused).
 
+    ``inputs`` are what the teacher reads (its own normalised copy of its channels when it has one), so a cache
+    built on other intensities -- another ``data.normalize``, another teacher normalisation -- never matches.
+
     A teacher whose weights live outside its state dict (an ONNX file run by onnxruntime) carries a
     ``source_digest`` (the file's hash), which is hashed too.
     """
@@ -112,7 +115,8 @@ class TeacherCache:
         Args:
             folder: cache folder (created; replaced when its fingerprint does not match).
             teacher: the frozen teacher.
-            inputs: every distinct training input, in key order, channels as the teacher reads them.
+            inputs: every distinct training input, in key order, channels as the teacher reads them (its own
+                normalised copy when it has one).
             taps: teacher taps to keep (``logits`` and feature taps).
             batch_size: teacher forward batch size.
             device: where the teacher runs.

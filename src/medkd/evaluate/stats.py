@@ -194,16 +194,22 @@ def one_way_anova(groups: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
     return out
 
 
-def paired_seed_test(a: Mapping[Any, Any], b: Mapping[Any, Any]) -> dict[str, Any]:
+def paired_seed_test(a: Mapping[Any, Any], b: Mapping[Any, Any], min_n: int = 2) -> dict[str, Any]:
     """Paired comparison with the SEED as the unit: one value per seed and method (e.g. mean test Dice).
 
     The per-seed differences ``a_s - b_s`` (seeds both hold) are tested with a two-sided paired t-test
     (``scipy.stats.ttest_rel``), and their mean gets a 95% t interval. Unlike a Wilcoxon over volumes, this asks
     whether the effect exceeds the seed-to-seed spread of training itself.
 
+    Args:
+        a: seed -> value of method A.
+        b: seed -> value of method B.
+        min_n: fewest paired seeds for which the test is run (at least 2; reports ask for 3).
+
     Returns:
         ``{"n", "delta", "sd", "ci95": [lo, hi], "t", "p", "wins", "losses", "reason"}``; ``wins`` counts seeds
-        with ``a > b``. ``t`` / ``p`` / ``ci95`` are ``None`` with a ``reason`` below 2 seeds or with no spread.
+        with ``a > b``. ``t`` / ``p`` / ``ci95`` are ``None`` with a ``reason`` below ``min_n`` seeds or with no
+        spread.
     """
     seeds = sorted((k for k in a if k in b), key=str)
     diffs = [(x, y) for x, y in ((_to_float(a[k]), _to_float(b[k])) for k in seeds) if x is not None and y is not None]
@@ -211,7 +217,7 @@ def paired_seed_test(a: Mapping[Any, Any], b: Mapping[Any, Any]) -> dict[str, An
     out: dict[str, Any] = {"n": len(d), "delta": float(d.mean()) if len(d) else None,
                            "sd": float(d.std(ddof=1)) if len(d) > 1 else None, "ci95": None, "t": None, "p": None,
                            "wins": int((d > 0).sum()), "losses": int((d < 0).sum()), "reason": None}
-    if len(d) < 2:
+    if len(d) < max(2, min_n):
         out["reason"] = f"only {len(d)} paired seed(s)"
         return out
     if np.ptp(d) <= 1e-12 * max(1.0, float(np.abs(d).max())):  # equal up to rounding (0.8 - 0.7 vs 0.9 - 0.8)

@@ -1,8 +1,9 @@
 """An experiment's records as a study report reads them: rows, cells, values, labels and number formats.
 
 Cells of every study table are mean ± std over the seeds (and folds) of each run's mean over its test cases
-(:func:`row_values`); paired tests use each test case's foreground score averaged over the seeds of a row
-(:func:`case_scores`, keyed ``cell/case``), the score being the evaluation's own per-case foreground mean.
+(:func:`row_values`); the per-volume paired test uses each test case's foreground score averaged over the seeds
+of a row (:func:`case_scores`, keyed ``cell/case``), the score being the evaluation's own per-case foreground mean;
+the seed-level statistics (:func:`seed_level`) take one training run (``cell/seed<s>``) as the unit.
 """
 
 from __future__ import annotations
@@ -14,12 +15,20 @@ from typing import Any
 
 import numpy as np
 
-from medkd.evaluate.stats import format_mean_std, paired_wilcoxon
+from medkd.evaluate.stats import format_mean_std, hierarchical_bootstrap, paired_seed_test, paired_wilcoxon
 from medkd.experiment.collect import RunRecord
 from medkd.report.scores import case_foreground_means
 
-__all__ = ["ReportContext", "case_scores", "class_names", "delta", "fmt", "fmt_p", "footnote", "params_text",
-           "row_values", "significance"]
+__all__ = ["MIN_SEEDS", "N_BOOT", "RECIPE_OBJECTIVE", "ReportContext", "case_scores", "class_names", "delta", "fmt",
+           "fmt_ci", "fmt_p", "fmt_seed_p", "footnote", "params_text", "row_values", "run_case_scores", "run_means",
+           "seed_level", "significance"]
+
+#: Fewest paired seeds (training runs) for which the report gives a seed-level paired t-test.
+MIN_SEEDS = 3
+#: The objective key of medkd's own row (the recommended recipe), shown beside the seed's objective.
+RECIPE_OBJECTIVE = "medkd-recipe"
+#: Bootstrap resamples of the seeds x volumes interval (fixed generator seed: a re-render gives the same CI).
+N_BOOT = 10000
 
 
 class ReportContext:
@@ -100,6 +109,59 @@ def case_scores(runs: Sequence[RunRecord], metric: str = "dice") -> dict[str, fl
 def significance(runs: list[RunRecord], base_runs: list[RunRecord]) -> dict[str, Any]:
     """Paired two-sided Wilcoxon test of the rows' :func:`case_scores`."""
     return paired_wilcoxon(case_scores(runs), case_scores(base_runs))
+
+
+def _unit(rec: RunRecord) -> str:
+    """The seed-level unit of a run: one training run, ``cell/seed<s>`` (a fold or target site times a seed)."""
+    return f"{rec.cell}/seed{rec.seed}"
+
+
+def run_means(runs: Sequence[RunRecord], metric: str = "dice") -> dict[str, float]:
+    """Per training run (key ``cell/seed<s>``): its mean foreground ``metric`` over its test cases, as in
+    :func:`row_values`."""
+    return {_unit(r): v for r in runs if (v := _metric_of(r, metric)) is not None}
+
+
+def run_case_scores(runs: Sequence[RunRecord], metric: str = "dice") -> dict[str, dict[str, float]]:
+    """Per training run (key ``cell/seed<s>``): per test case, its foreground ``metric`` (not seed-averaged)."""
+    return {_unit(r): case_foreground_means(r.per_case, metric, r.summary["foreground_classes"]) for r in runs}
+
+
+def seed_level(runs: list[RunRecord], base_runs: list[RunRecord]) -> dict[str, Any]:
+    """Seed-level statistics of a row against its baseline, the training run being the unit.
+
+    Returns:
+        ``{"unit", "spread", "paired_t", "bootstrap"}``: the spread (mean ± std over runs of each run's mean Dice)
+        of the row and of the baseline; :func:`~medkd.evaluate.stats.paired_seed_test` over the runs both hold
+        (same cell and seed; no p-value below :data:`MIN_SEEDS`); and
+        :func:`~medkd.evaluate.stats.hierarchical_bootstrap` over runs, then test volumes.
+    """
+    a, b = run_means(runs), run_means(base_runs)
+    return {
+        "unit": "training run (protocol cell x seed), paired by cell and seed",
+        "spread": {"row": fmt(list(a.values())), "row_n": len(a), "baseline": fmt(list(b.values())),
+                   "baseline_n": len(b)},
+        "paired_t": paired_seed_test(a, b, min_n=MIN_SEEDS),
+        "bootstrap": hierarchical_bootstrap(run_case_scores(runs), run_case_scores(base_runs), n_boot=N_BOOT),
+    }
+
+
+def fmt_seed_p(test: dict[str, Any]) -> str:
+    """The seed-level paired t cell: p and the number of paired seeds, or ``n/a (k seeds)``."""
+    if test["p"] is None:
+        if test["n"] < MIN_SEEDS:
+            return f"n/a ({test['n']} seed{'s' if test['n'] != 1 else ''})"
+        return f"n/a ({test['reason']})"
+    p = "<0.001" if test["p"] < 1e-3 else f"{test['p']:.3f}"
+    return f"{p} (n={test['n']})"
+
+
+def fmt_ci(boot: dict[str, Any], digits: int = 3) -> str:
+    """The bootstrap cell: ``[lo, hi]`` of the mean difference, or ``n/a (k seeds)`` below 2 paired seeds."""
+    if boot["ci95"] is None:
+        return f"n/a ({boot['n_seeds']} seed{'s' if boot['n_seeds'] != 1 else ''})"
+    lo, hi = boot["ci95"]
+    return f"[{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 
 def fmt(values: Sequence[float], digits: int = 3) -> str:

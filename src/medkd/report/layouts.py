@@ -1,7 +1,8 @@
 """The table layouts of a study report, one per preset ``study``.
 
 * ``paper_a`` (paper A, Tables 2-4): per student, rows = teacher / student w/o KD / student w/ KD from each
-  teacher, columns = target sites (+ mean); then the ablation (rows = objectives, columns = target sites);
+  teacher (the seed's full objective, and medkd's recipe as its own row), columns = target sites (+ mean); then
+  the ablation (rows = objectives, columns = target sites);
 * ``thesis_b`` (thesis Tables 4.2-4.11): per student, rows = objectives (scale subsets x PMD, contrastive / MSE),
   columns IoU, Dice, recall, precision; the teacher with its reconstruction PSNR; one-way ANOVA;
 * ``kdnet`` (KD-Net Tables 1-2): rows = teacher / objectives, columns WT, TC, ET (Dice), per skip setting;
@@ -9,7 +10,9 @@
   protocol cells (when more than one), Dice per class and the foreground mean.
 
 Captions name the classes the runs were scored on (from their evaluation summaries). Each layout records every
-comparison with its baseline in ``stats[row]`` (and the ANOVA in ``stats["anova/<student>"]``).
+comparison with its baseline in ``stats[row]`` (and the ANOVA in ``stats["anova/<student>"]``); every comparison
+row ends with the same columns (:data:`COMPARISON_HEADERS`): the per-volume Wilcoxon, the seed-level paired t and
+the seeds x volumes bootstrap interval.
 """
 
 from __future__ import annotations
@@ -20,37 +23,57 @@ from typing import Any
 from medkd.evaluate.stats import one_way_anova
 from medkd.experiment.collect import RunRecord
 from medkd.report.context import (
+    RECIPE_OBJECTIVE,
     ReportContext,
     case_scores,
     class_names,
     delta,
     fmt,
+    fmt_ci,
     fmt_p,
+    fmt_seed_p,
     footnote,
     params_text,
     row_values,
+    seed_level,
     significance,
 )
 from medkd.report.document import Document
 
-__all__ = ["LAYOUTS", "comparison_cells"]
+__all__ = ["COMPARISON_HEADERS", "LAYOUTS", "comparison", "comparison_cells"]
 
 METRIC_NAMES = {"dice": "Dice", "iou": "IoU", "recall": "Recall", "precision": "Precision"}
 
 Layout = Callable[[Document, ReportContext, dict[str, Any]], None]
 
 
+#: The comparison columns every layout ends its rows with (see :func:`comparison_cells`).
+COMPARISON_HEADERS = ["p (volumes, Wilcoxon)", "p (seeds, paired t)", "95% CI (bootstrap seeds x volumes)", "n"]
+
+
+def comparison(runs: list[RunRecord], base_runs: list[RunRecord]) -> dict[str, Any]:
+    """A row against its baseline: Δ of the means, the per-volume Wilcoxon (seed-averaged volumes) and the
+    seed-level statistics (:func:`~medkd.report.context.seed_level`), as ``statistics.json`` records them."""
+    test = significance(runs, base_runs)
+    return {"delta": delta(row_values(runs), row_values(base_runs)),
+            "wilcoxon": {k: v for k, v in test.items() if k != "cases"}, **seed_level(runs, base_runs)}
+
+
 def comparison_cells(runs: list[RunRecord], base_runs: list[RunRecord] | None, n_text: str,
                      stats: dict[str, Any] | None = None, key: str | None = None) -> list[str]:
-    """The "Δ vs baseline", "p (Wilcoxon)" and "n" cells of a row (blank Δ and p for the baseline itself);
-    records the comparison in ``stats[key]``."""
+    """The "Δ vs baseline" cell and the :data:`COMPARISON_HEADERS` cells of a row (blank but ``n`` for the baseline
+    itself); records the comparison in ``stats[key]`` (computed once per key)."""
     if base_runs is None:
-        return ["", "", n_text]
-    test = significance(runs, base_runs)
-    change = delta(row_values(runs), row_values(base_runs))
-    if stats is not None and key is not None:
-        stats[key] = {"delta": change, "wilcoxon": {k: v for k, v in test.items() if k != "cases"}}
-    return [change, f"{fmt_p(test)} (n={test['n']})", n_text]
+        return ["", "", "", "", n_text]
+    if stats is not None and key is not None and key in stats:
+        cmp = stats[key]
+    else:
+        cmp = comparison(runs, base_runs)
+        if stats is not None and key is not None:
+            stats[key] = cmp
+    test = cmp["wilcoxon"]
+    return [cmp["delta"], f"{fmt_p(test)} (n={test['n']})", fmt_seed_p(cmp["paired_t"]), fmt_ci(cmp["bootstrap"]),
+            n_text]
 
 
 def _site_row(label: str, runs: list[RunRecord], cells: list[str], base_runs: list[RunRecord] | None,
@@ -72,7 +95,7 @@ def _paper_a(doc: Document, ctx: ReportContext, stats: dict[str, Any]) -> None:
     cells = ctx.cells
     baseline, headline = ctx.index["baseline"], ctx.index["headline"]
     headers = (["method", "params"] + [f"target {c.removeprefix('sites-')}" for c in cells]
-               + ["mean", "Δ vs w/o KD", "p (Wilcoxon)", "n"])
+               + ["mean", "Δ vs w/o KD", *COMPARISON_HEADERS])
     classes = ", ".join(class_names(ctx.records))
     doc.heading("Generalisation to unseen (simulated) target sites (paper A, Tables 2-3 layout)", 2)
     for skey in ctx.students():
@@ -80,7 +103,7 @@ def _paper_a(doc: Document, ctx: ReportContext, stats: dict[str, Any]) -> None:
         base_row = f"student-{skey}/{baseline}"
         base_runs = ctx.runs(base_row)
         for row, okey, tkey in ctx.student_rows(skey):
-            if okey not in (baseline, headline) and row != base_row:
+            if okey not in (baseline, headline, RECIPE_OBJECTIVE) and row != base_row:
                 continue
             label = f"{ctx.label('students', skey)} " + (
                 "w/o KD" if okey == baseline else f"w/ KD ({ctx.objective_label(okey, tkey)})")
@@ -128,7 +151,7 @@ def _anova_paragraph(ctx: ReportContext, skey: str, groups: dict[str, list[float
 def _thesis_b(doc: Document, ctx: ReportContext, stats: dict[str, Any]) -> None:
     baseline = ctx.index["baseline"]
     metrics = ["iou", "dice", "recall", "precision"]
-    headers = ["method", "params"] + [METRIC_NAMES[m] for m in metrics] + ["Δ Dice", "p (Wilcoxon)", "n"]
+    headers = ["method", "params"] + [METRIC_NAMES[m] for m in metrics] + ["Δ Dice", *COMPARISON_HEADERS]
     _thesis_teachers(doc, ctx, metrics)
     doc.heading("Students (thesis Tables 4.2-4.11 layout)", 2)
     for skey in ctx.students():
@@ -155,7 +178,7 @@ def _thesis_b(doc: Document, ctx: ReportContext, stats: dict[str, Any]) -> None:
 def _kdnet(doc: Document, ctx: ReportContext, stats: dict[str, Any]) -> None:
     baseline = ctx.index["baseline"]
     regions = list(ctx.records[0].summary["foreground_classes"])  # e.g. WT, TC, ET
-    headers = ["method", "params"] + [f"Dice {g}" for g in regions] + ["mean", "Δ vs GT", "p (Wilcoxon)", "n"]
+    headers = ["method", "params"] + [f"Dice {g}" for g in regions] + ["mean", "Δ vs GT", *COMPARISON_HEADERS]
     doc.heading("Multi-modal teacher vs mono-modal students (KD-Net Tables 1-2 layout)", 2)
     for skey in ctx.students():
         rows_out = []
@@ -165,7 +188,7 @@ def _kdnet(doc: Document, ctx: ReportContext, stats: dict[str, Any]) -> None:
             if runs:
                 rows_out.append([ctx.label("teachers", tkey), params_text(runs)]
                                 + [fmt(row_values(runs, "dice", g)) for g in regions]
-                                + [fmt(row_values(runs)), "", "", str(len(runs))])
+                                + [fmt(row_values(runs)), "", "", "", "", str(len(runs))])
         base_runs = ctx.runs(f"student-{skey}/{baseline}")
         for row, okey, _tkey in ctx.student_rows(skey):
             runs = ctx.runs(row)
@@ -193,7 +216,7 @@ def _generic(doc: Document, ctx: ReportContext, stats: dict[str, Any]) -> None:
     classes = class_names(ctx.records)
     cells = ctx.cells if len(ctx.cells) > 1 else []
     headers = (["method", "params"] + cells + [f"Dice {c}" for c in classes]
-               + ["mean", f"Δ vs {ctx.label('objectives', baseline)}", "p (Wilcoxon)", "n"])
+               + ["mean", f"Δ vs {ctx.label('objectives', baseline)}", *COMPARISON_HEADERS])
     doc.heading("Teachers and students on the test cases", 2)
     for skey in ctx.students():
         base_runs = ctx.runs(f"student-{skey}/{baseline}")

@@ -23,24 +23,39 @@ import yaml
 from medkd.errors import MedkdError
 from medkd.experiment.collect import RunRecord, collect_runs, load_records
 from medkd.io import atomic_write_json
-from medkd.report.context import ReportContext, delta, fmt, fmt_p, row_values, significance
+from medkd.report.context import (
+    MIN_SEEDS,
+    N_BOOT,
+    RECIPE_OBJECTIVE,
+    ReportContext,
+    fmt,
+    fmt_ci,
+    fmt_p,
+    fmt_seed_p,
+    row_values,
+)
 from medkd.report.document import Document
 from medkd.report.figures import plot_training_curves
-from medkd.report.layouts import LAYOUTS
+from medkd.report.layouts import LAYOUTS, comparison
 from medkd.report.qualitative import draw_panel
 from medkd.run import RunFolder
 
-__all__ = ["render_report"]
+__all__ = ["STATISTICS_NOTE", "render_report"]
 
 STATISTICS_NOTE = (
     "Cells: mean ± std over seeds (k-fold: over folds x seeds) of each run's mean over its test "
-    "volumes; n = number of runs. Δ: row mean minus the same student's baseline mean. p: two-sided "
-    "paired Wilcoxon signed-rank test over test volumes against the baseline student; each volume's "
-    "foreground Dice is averaged over the seeds of each method first and volumes are pooled over "
-    "target sites / folds; no p-value below 6 paired volumes. The test is over volumes, not seeds: "
-    "it does not see the seed-to-seed spread, so a row run with one seed whose Δ is within the "
-    "baseline's ± over seeds may be seed noise even when p is small.")
-
+    "volumes; n = number of runs. Δ: row mean minus the same student's baseline mean. Three tests against the "
+    "baseline student, each named for its unit. 'p (volumes, Wilcoxon)': two-sided paired Wilcoxon signed-rank "
+    "test over test volumes; each volume's foreground Dice is averaged over the seeds of each method first and "
+    "volumes are pooled over target sites / folds; no p-value below 6 paired volumes. It does not see the "
+    "seed-to-seed spread of training, so it overstates significance: a row run with one seed whose Δ is within "
+    "the baseline's ± over seeds may be seed noise even when this p is small. 'p (seeds, paired t)': two-sided "
+    "paired t-test whose unit is one training run (a seed; with several target sites or folds, a site or fold x "
+    "seed), paired with the baseline run of the same cell and seed, on each run's mean test Dice; no p-value "
+    f"below {MIN_SEEDS} paired runs ('n/a (k seeds)'). '95% CI (bootstrap seeds x volumes)': hierarchical "
+    f"bootstrap ({N_BOOT} resamples, fixed generator seed) of the mean Dice difference, resampling the paired "
+    "runs and then, within each, the paired test volumes; 'n/a' below 2 paired runs. statistics.json holds all "
+    "three per row, with the spreads of the row and of its baseline over runs.")
 
 def _verdict(test: dict[str, Any]) -> str:
     if test["p"] is not None and test["p"] < 0.05:
@@ -48,26 +63,51 @@ def _verdict(test: dict[str, Any]) -> str:
     return "no significant difference"
 
 
-def _headline_summary(ctx: ReportContext) -> list[str]:
-    """One sentence per student: alone vs the headline objective vs its teacher, with the paired test."""
-    baseline, headline = ctx.index["baseline"], ctx.index["headline"]
+def _seed_verdict(test: dict[str, Any]) -> str:
+    if test["p"] is None:
+        return "no seed-level test" + (f" ({test['n']} paired seeds)" if test["n"] < MIN_SEEDS else
+                                       f" ({test['reason']})")
+    word = "helped" if (test["delta"] or 0) > 0 else "HURT"
+    return f"{word} (p < 0.05)" if test["p"] < 0.05 else "no significant difference"
+
+
+def _headline_line(ctx: ReportContext, skey: str, okey: str, tkey: str | None, cmp: dict[str, Any]) -> str:
+    """One sentence: the row against the student alone and its teacher, with all three tests."""
+    spread, test, seeds = cmp["spread"], cmp["wilcoxon"], cmp["paired_t"]
+    teacher = row_values(ctx.runs(f"teacher-{tkey}")) if tkey else []
+    return (f"{ctx.label('students', skey)}: alone {spread['baseline']} (n={spread['baseline_n']}), "
+            f"{ctx.label('objectives', okey)} {spread['row']} (n={spread['row_n']}), "
+            f"teacher ({ctx.label('teachers', tkey)}) {fmt(teacher)} (n={len(teacher)}); Δ {cmp['delta']}; "
+            f"over seeds: paired t p = {fmt_seed_p(seeds)}, bootstrap 95% CI (seeds x volumes) "
+            f"{fmt_ci(cmp['bootstrap'])}: {_seed_verdict(seeds)}; over volumes: paired Wilcoxon over {test['n']} "
+            f"seed-averaged test volumes p = {fmt_p(test)}: {_verdict(test)}.")
+
+
+def _headline_summary(ctx: ReportContext, stats: dict[str, Any]) -> list[str]:
+    """Per student: alone vs the headline objective and vs medkd's recipe (when run), each vs its teacher."""
+    baseline = ctx.index["baseline"]
+    wanted = [ctx.index["headline"], RECIPE_OBJECTIVE]
     lines = []
     for skey in ctx.students():
         base_runs = ctx.runs(f"student-{skey}/{baseline}")
-        for row, okey, tkey in ctx.student_rows(skey):
-            if okey != headline:
-                continue
-            runs = ctx.runs(row)
-            test = significance(runs, base_runs)
-            teacher = ctx.runs(f"teacher-{tkey}") if tkey else []
-            b_vals, h_vals, t_vals = row_values(base_runs), row_values(runs), row_values(teacher)
-            lines.append(
-                f"{ctx.label('students', skey)}: alone {fmt(b_vals)} (n={len(b_vals)}), "
-                f"{ctx.label('objectives', okey)} {fmt(h_vals)} (n={len(h_vals)}), "
-                f"teacher ({ctx.label('teachers', tkey)}) {fmt(t_vals)} (n={len(t_vals)}); "
-                f"Δ {delta(h_vals, b_vals)}, paired Wilcoxon over {test['n']} test volumes p = {fmt_p(test)}: "
-                f"{_verdict(test)}.")
+        rows = [(row, o, t) for o in wanted for row, o2, t in ctx.student_rows(skey) if o2 == o]
+        for row, okey, tkey in rows:
+            if row not in stats:
+                stats[row] = comparison(ctx.runs(row), base_runs)
+            lines.append(_headline_line(ctx, skey, okey, tkey, stats[row]))
     return lines
+
+
+def _seed_counts(rows: dict[str, Any]) -> str:
+    """How the rows fared in the seed-level paired t-test (the unit that carries training noise)."""
+    tested = {k: v["paired_t"] for k, v in rows.items() if v.get("paired_t", {}).get("p") is not None}
+    better = sorted(k for k, t in tested.items() if t["p"] < 0.05 and t["delta"] > 0)
+    worse = sorted(k for k, t in tested.items() if t["p"] < 0.05 and t["delta"] < 0)
+    text = (f"Over seeds (paired t, p < 0.05; rows with at least {MIN_SEEDS} paired runs: {len(tested)} of "
+            f"{len(rows)}): {len(better)} better, {len(worse)} worse")
+    listed = [f"better: {', '.join(better)}" if better else "", f"worse: {', '.join(worse)}" if worse else ""]
+    listed = [x for x in listed if x]
+    return text + (f" ({'; '.join(listed)})." if listed else ".")
 
 
 def _closing_note(ctx: ReportContext, stats: dict[str, Any]) -> str:
@@ -81,8 +121,9 @@ def _closing_note(ctx: ReportContext, stats: dict[str, Any]) -> str:
     best = max(deltas, key=deltas.get) if deltas else None
     text = (f"Of {len(rows)} rows compared with their baseline student ({ctx.index['budget']} budget, "
             f"{ctx.index.get('hardware', '?')}), {len(better)} were significantly better and {len(worse)} "
-            f"significantly worse (paired Wilcoxon, p < 0.05); the rest showed no significant difference or had too "
-            f"few paired test cases to test.")
+            f"significantly worse (paired Wilcoxon over volumes, p < 0.05); the rest showed no significant difference "
+            f"or had too few paired test cases to test.")
+    text += " " + _seed_counts(rows)
     if best is not None:
         text += f" Highest mean change: {best} ({deltas[best]:+.3f} Dice)."
     collapsed = [row for row in ctx.rows("student") if max(row_values(ctx.runs(row)) or [1.0]) < 0.01]
@@ -93,8 +134,12 @@ def _closing_note(ctx: ReportContext, stats: dict[str, Any]) -> str:
         text += " Significantly worse: " + ", ".join(worse) + "."
     if better:
         text += " Significantly better: " + ", ".join(better) + "."
-    text += (" These are short CPU schedules on reduced data (see the cuts above); they do not reproduce the "
-             "seed's setting and should not be read as the seed's result.")
+    if ctx.index["budget"] == "quick":
+        text += (" These are short CPU schedules on reduced data (see the cuts above); they do not reproduce the "
+                 "seed's setting and should not be read as the seed's result.")
+    elif ctx.index["budget"] != "full":
+        text += (f" The '{ctx.index['budget']}' budget cuts the seed's protocol (see the cuts above); it does not "
+                 "reproduce the seed's setting and should not be read as the seed's result.")
     return text
 
 
@@ -196,10 +241,10 @@ def render_report(folder: str | Path, out: str | Path | None = None, note: str |
     ctx = ReportContext(index, records, _read_preset(folder, out))
     doc = Document(index["title"])
     _preamble(doc, ctx)
-    doc.heading("Headline: baseline student vs the study's full objective vs the teacher", 2)
-    for line in _headline_summary(ctx) or ["(headline runs not finished)"]:
-        doc.paragraph(line)
+    doc.heading("Headline: baseline student vs the study's full objective (and medkd's recipe) vs the teacher", 2)
     stats: dict[str, Any] = {}
+    for line in _headline_summary(ctx, stats) or ["(headline runs not finished)"]:
+        doc.paragraph(line)
     LAYOUTS[index.get("study") or "generic"](doc, ctx, stats)
     doc.heading("Closing note", 2)
     doc.paragraph(_closing_note(ctx, stats))

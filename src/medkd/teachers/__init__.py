@@ -8,7 +8,9 @@ Sources (exactly one per config, :class:`medkd.config.TeacherConfig`):
 * ``torchscript`` / ``onnx``: an exported network, ``logits`` only (:mod:`medkd.teachers.opaque`).
 
 Foreign teachers are wrapped in :class:`~medkd.teachers.adapter.TeacherAdapter`, which matches their channels and
-classes to the dataset by name (:mod:`medkd.teachers.mapping`).
+classes to the dataset by name (:mod:`medkd.teachers.mapping`). A teacher trained on its own per-case
+normalisation (nnU-Net) declares it as ``input_normalization`` (:func:`teacher_input_normalization` reads it without
+loading weights); the data path then gives the teacher its own copy of its channels, normalised that way.
 
 Example:
     >>> check_teacher_source(cfg.distill.teacher)                 # before any data is read
@@ -31,10 +33,11 @@ from medkd.errors import ConfigError
 from medkd.teachers.base import TeacherInputs, freeze
 from medkd.teachers.bundle import check_bundle_source, load_bundle_teacher
 from medkd.teachers.medkd_run import check_run_source, load_model_teacher, load_run_teacher
-from medkd.teachers.nnunet import check_nnunet_source, load_nnunet_teacher
+from medkd.teachers.nnunet import check_nnunet_source, load_nnunet_teacher, nnunet_input_normalization
 from medkd.teachers.opaque import load_opaque_teacher
 
-__all__ = ["OPAQUE_SOURCES", "TeacherInputs", "check_teacher_source", "check_teacher_taps", "load_teacher"]
+__all__ = ["OPAQUE_SOURCES", "TeacherInputs", "check_teacher_source", "check_teacher_taps", "load_teacher",
+           "teacher_input_normalization"]
 
 #: Sources whose only tap is ``logits``.
 OPAQUE_SOURCES: tuple[str, ...] = ("torchscript", "onnx")
@@ -86,8 +89,8 @@ def load_teacher(tcfg: TeacherConfig, in_channels: int, num_classes: int, dim: i
         in_channels: input channels the pipeline gives the teacher.
         num_classes: classes of the dataset.
         dim: 2 or 3.
-        inputs: names of the given channels and classes, ``data.normalize`` and ``data.neighbours`` (matched
-            against a foreign teacher's); default: counts only (channels and classes taken by position).
+        inputs: names of the given channels and classes and ``data.neighbours`` (matched against a foreign
+            teacher's); default: counts only (channels and classes taken by position).
         size: the run's sample size (``data.size``), for an opaque teacher's probe forward.
 
     Raises:
@@ -103,3 +106,13 @@ def load_teacher(tcfg: TeacherConfig, in_channels: int, num_classes: int, dim: i
     if source == "bundle":
         return freeze(load_bundle_teacher(tcfg, inputs))
     return freeze(load_opaque_teacher(tcfg, inputs, list(size) if size is not None else None))
+
+
+def teacher_input_normalization(tcfg: TeacherConfig, inputs: TeacherInputs) -> Any | None:
+    """The per-case normalisation the data path must give the teacher of ``tcfg``, read without its weights.
+
+    Returns:
+        nnU-Net's normalisation of the plan (:class:`medkd.teachers.nnunet_norm.NnUNetNormalization`) for an
+        ``nnunet`` teacher; None for the others, which read medkd's preprocessing.
+    """
+    return nnunet_input_normalization(tcfg, inputs) if tcfg.source == "nnunet" else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -23,7 +24,8 @@ class TeacherInputs:
         dim: 2 or 3.
         channel_names: names of the dataset channels it is given, in order (None: unknown, e.g. in a direct call).
         class_names: the dataset's class names, background first (None: ``"0"``, ``"1"``, ...).
-        normalize: the run's ``data.normalize`` (None: not checked).
+        normalize: the run's ``data.normalize`` (None: unknown); a teacher with its own normalisation does not
+            depend on it (it declares ``input_normalization`` and the data path gives it its own copy).
         neighbours: 2.5D neighbour slices per side (``data.neighbours``).
     """
 
@@ -34,6 +36,13 @@ class TeacherInputs:
     class_names: list[str] | None = None
     normalize: str | None = None
     neighbours: int = 0
+
+    @classmethod
+    def of_run(cls, cfg: Any, bundle: Any) -> TeacherInputs:
+        """What a run of ``cfg`` gives its teacher, from its data bundle (:class:`medkd.data.loader.DataBundle`)."""
+        names = [bundle.index.channel_names[i] for i in bundle.teacher_channels or []]
+        return cls(bundle.teacher_in_channels or 0, bundle.num_classes, cfg.data.dim, names, bundle.class_names,
+                   cfg.data.normalize, cfg.data.neighbours)
 
     def given_channels(self) -> list[str]:
         """Names of the channels the teacher is given (``"0"``, ``"1"``, ... when unknown)."""

@@ -6,8 +6,13 @@ package (``dynamic-network-architectures``, ``pip install medkd[nnunet]``) from 
 ``architecture`` entry (``network_class_name``, ``arch_kwargs``, ``_kw_requires_import``); only classes of that
 package and of ``torch.nn`` are imported. It is built without deep supervision (same weights; the output is the
 full-resolution map). The checkpoint's ``network_weights`` are read with ``weights_only=True``
-(:mod:`medkd.teachers.safe_load`). Intensities: :mod:`medkd.teachers.nnunet_norm`. Taps: ``encoder`` (the middle
-encoder stage), ``bottleneck`` (the last encoder stage), ``decoder`` (the last decoder stage), ``logits``.
+(:mod:`medkd.teachers.safe_load`). Taps: ``encoder`` (the middle encoder stage), ``bottleneck`` (the last encoder
+stage), ``decoder`` (the last decoder stage), ``logits``.
+
+Intensities: the plan's own normalisation (:mod:`medkd.teachers.nnunet_norm`), whatever the run's
+``data.normalize``. The loaded teacher declares it as ``input_normalization``; the data path then holds the
+teacher's own copy of its channels, normalised that way per case (:class:`medkd.data.pipeline.TeacherCopy`), and
+the network reads that copy as it is.
 """
 
 from __future__ import annotations
@@ -26,11 +31,11 @@ from medkd.models.taps import TapSpec
 from medkd.teachers.adapter import TeacherAdapter
 from medkd.teachers.base import TeacherInputs, opaque_taps
 from medkd.teachers.mapping import match_channels, match_classes
-from medkd.teachers.nnunet_norm import nnunet_intensity
+from medkd.teachers.nnunet_norm import NnUNetNormalization, nnunet_normalization
 from medkd.teachers.safe_load import load_weights_only
 
 __all__ = ["build_nnunet_network", "check_nnunet_source", "load_nnunet_teacher", "nnunet_checkpoint",
-           "plan_configuration"]
+           "nnunet_input_normalization", "plan_configuration"]
 
 WHERE = "distill.teacher.nnunet"
 _IMPORTABLE = ("torch.nn.", "dynamic_network_architectures.")
@@ -153,6 +158,37 @@ def _network_weights(checkpoint: Any, path: Path) -> dict[str, Any]:
     return out
 
 
+def _picked_channels(channels: list[str], inputs: TeacherInputs) -> list[int]:
+    """Positions, among the channels the run gives, of the teacher's channels (in its input order)."""
+    picked = match_channels(channels if inputs.channel_names is not None else None, inputs.given_channels(), WHERE)
+    if len(picked) != len(channels):
+        raise ConfigError(f"{WHERE}: the teacher reads {len(channels)} channel(s) {channels}, the run gives "
+                          f"{inputs.in_channels}; set data.teacher_channels")
+    return picked
+
+
+def _plan_normalization(plans: dict[str, Any], config: dict[str, Any], channels: list[str], picked: list[int],
+                        inputs: TeacherInputs) -> NnUNetNormalization:
+    """The configuration's normalisation, laid out on the channels the run gives the teacher."""
+    return nnunet_normalization(config.get("normalization_schemes", []), config.get("use_mask_for_norm", []),
+                                plans.get("foreground_intensity_properties_per_channel", {}), channels, picked,
+                                inputs.in_channels, WHERE)
+
+
+def nnunet_input_normalization(tcfg: TeacherConfig, inputs: TeacherInputs) -> NnUNetNormalization:
+    """The normalisation the data path must give the teacher of ``tcfg`` (reads its JSON files, no weights).
+
+    It equals ``load_nnunet_teacher(tcfg, inputs).input_normalization``, e.g. for preparing the training samples
+    ahead of time.
+    """
+    check_nnunet_source(tcfg)
+    folder = Path(tcfg.nnunet)
+    plans, dataset = _read_json(folder / "plans.json"), _read_json(folder / "dataset.json")
+    config = plan_configuration(plans, tcfg.configuration or folder.name.split("__")[-1])
+    channels, _ = _names(dataset)
+    return _plan_normalization(plans, config, channels, _picked_channels(channels, inputs), inputs)
+
+
 def load_nnunet_teacher(tcfg: TeacherConfig, inputs: TeacherInputs) -> nn.Module:
     """The nnU-Net model of ``tcfg`` as a :class:`TeacherAdapter` for the run described by ``inputs``."""
     check_nnunet_source(tcfg)
@@ -177,14 +213,9 @@ def load_nnunet_teacher(tcfg: TeacherConfig, inputs: TeacherInputs) -> nn.Module
     except RuntimeError as exc:
         raise ConfigError(f"{WHERE}: {path}: weights do not fit plans.json "
                           f"({str(exc).strip().splitlines()[-1].strip()})") from None
-    intensity = nnunet_intensity(config.get("normalization_schemes", []), config.get("use_mask_for_norm", []),
-                                 plans.get("foreground_intensity_properties_per_channel", {}), channels,
-                                 inputs.normalize, WHERE)
-    picked = match_channels(channels if inputs.channel_names is not None else None, inputs.given_channels(), WHERE)
-    if len(picked) != len(channels):
-        raise ConfigError(f"{WHERE}: the teacher reads {len(channels)} channel(s) {channels}, the run gives "
-                          f"{inputs.in_channels}; set data.teacher_channels")
+    picked = _picked_channels(channels, inputs)
+    norm = _plan_normalization(plans, config, channels, picked, inputs)
     named = classes if inputs.class_names is not None else [str(i) for i in range(len(classes))]
     groups = match_classes(named, inputs.classes(), tcfg.teacher_label_map, WHERE)
-    adapter = TeacherAdapter(net, picked, groups, intensity, spatial_dims=dim)
+    adapter = TeacherAdapter(net, picked, groups, spatial_dims=dim, input_normalization=norm)
     return opaque_taps(adapter, inputs.num_classes, _stage_taps(net, architecture))

@@ -1,112 +1,142 @@
-"""An nnU-Net v2 teacher's intensity normalisation, fitted onto medkd's data pipeline.
+"""An nnU-Net v2 teacher's own intensity normalisation, computed per case by medkd's data path.
 
 nnU-Net normalises every input channel by the scheme its plans name (``normalization_schemes``,
-``use_mask_for_norm``, ``foreground_intensity_properties_per_channel``):
+``use_mask_for_norm``, ``foreground_intensity_properties_per_channel``); :class:`NnUNetNormalization` computes
+the same numbers on one case (C, *spatial), as nnU-Net's ``default_normalization_schemes`` do:
 
-* ``ZScoreNormalization``: ``(x - mean) / max(std, 1e-8)`` over the case (inside the non-zero region when
-  ``use_mask_for_norm``, zero outside) -- medkd's ``data.normalize: zscore`` (``zscore_nonzero`` with the mask);
-* ``RescaleTo01Normalization``: ``(x - min) / (max - min)`` over the case -- medkd's ``minmax``;
+* ``ZScoreNormalization``: ``(x - mean) / max(std, 1e-8)`` over the case; with ``use_mask_for_norm`` over the
+  non-zero region of the case (a voxel where any channel the teacher reads is non-zero, nnU-Net's crop mask),
+  the voxels outside left as they are (zero);
 * ``CTNormalization``: clip to the dataset's foreground ``percentile_00_5`` / ``percentile_99_5``, then
-  ``(x - mean) / max(std, 1e-8)`` with the foreground ``mean`` / ``std``: fixed numbers, applied here element-wise
-  to raw intensities (``data.normalize: none``);
-* ``NoNormalization`` (raw) and ``RGBTo0_1Normalization`` (``x / 255``): element-wise, on raw intensities.
+  ``(x - mean) / max(std, 1e-8)`` with the foreground ``mean`` / ``std`` of the plan;
+* ``RescaleTo01Normalization``: ``(x - min) / max(max - min, 1e-8)`` over the case;
+* ``RGBTo0_1Normalization``: ``x / 255``; ``NoNormalization``: ``x``.
 
-The per-case schemes are computed by medkd's own pipeline when ``data.normalize`` is the matching mode, and the
-element-wise ones by :class:`NnUNetIntensity` inside the teacher, on the raw intensities ``data.normalize: none``
-keeps. Any other pairing would show the teacher inputs it never saw, so :func:`nnunet_intensity` refuses it in one
-line naming the channel, its scheme and the ``data.normalize`` it needs.
+The data path applies it to raw intensities on the run's grid (after orientation, spacing and crops, before
+medkd's percentile clipping and ``data.normalize``) and holds the result as the teacher's own copy of its
+channels, so the teacher sees what it was trained on whatever the student's preprocessing
+(:class:`medkd.data.pipeline.TeacherCopy`).
+
+Example:
+    >>> norm = nnunet_normalization(["CTNormalization"], [False], props, ["CT"], [0], 1, "distill.teacher.nnunet")
+    >>> teacher_view = norm(raw_case)          # (1, *spatial) float32
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
-from torch import nn
+import numpy as np
 
 from medkd.errors import ConfigError
 
-__all__ = ["ELEMENTWISE_SCHEMES", "PER_CASE_SCHEMES", "NnUNetIntensity", "nnunet_intensity"]
+__all__ = ["SCHEMES", "ChannelNorm", "NnUNetNormalization", "nnunet_normalization"]
 
-#: Per-case schemes and the ``data.normalize`` mode that computes the same numbers (by ``use_mask_for_norm``).
-PER_CASE_SCHEMES: dict[str, dict[bool, str]] = {
-    "ZScoreNormalization": {False: "zscore", True: "zscore_nonzero"},
-    "RescaleTo01Normalization": {False: "minmax", True: "minmax"},
-}
-
-#: Element-wise schemes, applied by :class:`NnUNetIntensity` to raw intensities (``data.normalize: none``).
-ELEMENTWISE_SCHEMES: tuple[str, ...] = ("CTNormalization", "NoNormalization", "RGBTo0_1Normalization")
+#: nnU-Net v2's normalisation schemes that medkd computes.
+SCHEMES: tuple[str, ...] = ("ZScoreNormalization", "CTNormalization", "RescaleTo01Normalization",
+                            "RGBTo0_1Normalization", "NoNormalization")
+_CT_KEYS = ("percentile_00_5", "percentile_99_5", "mean", "std")
 
 
-class NnUNetIntensity(nn.Module):
-    """Element-wise intensity mapping per channel: ``(clamp(x, low, high) - shift) / scale``.
+@dataclass(frozen=True)
+class ChannelNorm:
+    """One channel's scheme: its name, ``use_mask_for_norm`` and (``CTNormalization``) the plan's numbers."""
 
-    Args:
-        low, high, shift, scale: one number per channel (``-inf`` / ``inf`` bounds: no clipping).
+    scheme: str
+    use_mask: bool = False
+    low: float = 0.0
+    high: float = 0.0
+    mean: float = 0.0
+    std: float = 1.0
+
+    def apply(self, x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        """The channel ``x`` (float32) normalised; ``mask``: the case's non-zero region (masked ZScore)."""
+        if self.scheme == "CTNormalization":
+            return ((np.clip(x, self.low, self.high) - self.mean) / max(self.std, 1e-8)).astype(np.float32)
+        if self.scheme == "RescaleTo01Normalization":
+            x = x - x.min()
+            return (x / max(float(x.max()), 1e-8)).astype(np.float32)
+        if self.scheme == "RGBTo0_1Normalization":
+            return (x / 255.0).astype(np.float32)
+        if self.scheme != "ZScoreNormalization":
+            return x
+        if self.use_mask:
+            out = x.copy()
+            if mask is not None and mask.any():
+                values = x[mask].astype(np.float64)
+                out[mask] = (values - values.mean()) / max(float(values.std()), 1e-8)
+            return out
+        values = x.astype(np.float64)
+        return ((values - values.mean()) / max(float(values.std()), 1e-8)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class NnUNetNormalization:
+    """nnU-Net's normalisation of the channels the data path gives the teacher, one case at a time.
+
+    Attributes:
+        channels: per given channel, its :class:`ChannelNorm`, or None for a channel the teacher does not read
+            (left as it is, and outside the non-zero mask).
     """
 
-    def __init__(self, low: Sequence[float], high: Sequence[float], shift: Sequence[float], scale: Sequence[float]):
-        super().__init__()
-        for name, values in (("low", low), ("high", high), ("shift", shift), ("scale", scale)):
-            self.register_buffer(name, torch.tensor([float(v) for v in values], dtype=torch.float32))
+    channels: tuple[ChannelNorm | None, ...]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        low, high = self.low.view(shape).to(x.dtype), self.high.view(shape).to(x.dtype)
-        x = torch.maximum(torch.minimum(x, high), low)
-        return (x - self.shift.view(shape).to(x.dtype)) / self.scale.view(shape).to(x.dtype)
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """The case ``image`` (C, *spatial) as the teacher saw it in training (float32, same shape)."""
+        out = np.array(image, dtype=np.float32, copy=True)
+        read = [c for c, n in enumerate(self.channels) if n is not None]
+        mask = None
+        if any(n is not None and n.use_mask for n in self.channels):
+            mask = np.any(out[read] != 0, axis=0)
+        for c, norm in enumerate(self.channels):
+            if norm is not None:
+                out[c] = norm.apply(out[c], mask)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready facts that decide the numbers (for the prepared-sample cache's fingerprint)."""
+        return {"kind": "nnunet", "channels": [None if n is None else asdict(n) for n in self.channels]}
 
 
-def _elementwise(scheme: str, props: Mapping[str, Any] | None, where: str) -> tuple[float, float, float, float]:
-    """``(low, high, shift, scale)`` of one channel's element-wise scheme."""
-    if scheme == "NoNormalization":
-        return -float("inf"), float("inf"), 0.0, 1.0
-    if scheme == "RGBTo0_1Normalization":
-        return -float("inf"), float("inf"), 0.0, 255.0
-    keys = ("percentile_00_5", "percentile_99_5", "mean", "std")
-    if not props or any(k not in props for k in keys):
+def _channel(scheme: str, mask: bool, props: Mapping[str, Any] | None, name: str, where: str) -> ChannelNorm:
+    """One teacher channel's :class:`ChannelNorm`, after checking its scheme and (CT) the plan's numbers."""
+    if scheme not in SCHEMES:
+        raise ConfigError(f"{where}: channel {name!r} uses the normalisation {scheme!r}, which medkd does not "
+                          f"know ({', '.join(SCHEMES)})")
+    if scheme != "CTNormalization":
+        return ChannelNorm(scheme, mask and scheme == "ZScoreNormalization")
+    if not props or any(k not in props for k in _CT_KEYS):
         raise ConfigError(f"{where}: plans.json foreground_intensity_properties_per_channel lacks "
-                          f"{', '.join(keys)} for a CTNormalization channel")
-    return (float(props["percentile_00_5"]), float(props["percentile_99_5"]), float(props["mean"]),
-            max(float(props["std"]), 1e-8))
+                          f"{', '.join(_CT_KEYS)} for the CTNormalization channel {name!r}")
+    return ChannelNorm(scheme, False, *(float(props[k]) for k in _CT_KEYS))
 
 
-def nnunet_intensity(schemes: Sequence[str], use_mask: Sequence[bool], props: Mapping[str, Any],
-                     channel_names: Sequence[str], normalize: str | None, where: str) -> NnUNetIntensity | None:
-    """The element-wise part of a plan's normalisation, after checking that ``data.normalize`` fits the plan.
+def nnunet_normalization(schemes: Sequence[str], use_mask: Sequence[bool], props: Mapping[str, Any],
+                         channel_names: Sequence[str], picked: Sequence[int], n_given: int,
+                         where: str) -> NnUNetNormalization:
+    """A plan's normalisation laid out on the channels the run gives the teacher.
 
     Args:
         schemes: ``normalization_schemes`` of the plan's configuration, one per teacher input channel.
         use_mask: its ``use_mask_for_norm``.
         props: ``foreground_intensity_properties_per_channel`` (keys ``"0"``, ``"1"``, ...).
         channel_names: the teacher's channel names (for errors).
-        normalize: the run's ``data.normalize`` (None: not checked, e.g. a direct call on raw intensities).
+        picked: position, among the given channels, of each teacher channel
+            (:func:`medkd.teachers.mapping.match_channels`).
+        n_given: how many channels the run gives the teacher.
         where: the config key naming the teacher.
 
-    Returns:
-        The module mapping raw intensities for element-wise schemes, or None when every scheme is per case.
-
     Raises:
-        ConfigError: a scheme medkd does not know, or one ``data.normalize`` cannot give the teacher.
+        ConfigError: a scheme medkd does not know, a CT channel without its numbers, or fewer schemes than
+            channels.
     """
-    modes = set()
-    for c, scheme in enumerate(schemes):
+    if len(schemes) < len(channel_names):
+        raise ConfigError(f"{where}: plans.json names {len(schemes)} normalization_schemes for "
+                          f"{len(channel_names)} channel(s)")
+    layout: list[ChannelNorm | None] = [None] * n_given
+    for c, position in enumerate(picked):
         mask = bool(use_mask[c]) if c < len(use_mask) else False
-        if scheme in PER_CASE_SCHEMES:
-            modes.add(PER_CASE_SCHEMES[scheme][mask])
-        elif scheme in ELEMENTWISE_SCHEMES:
-            modes.add("none")
-        else:
-            raise ConfigError(f"{where}: channel {channel_names[c]!r} uses the normalisation {scheme!r}, which "
-                              f"medkd does not know ({', '.join([*PER_CASE_SCHEMES, *ELEMENTWISE_SCHEMES])})")
-        needed = PER_CASE_SCHEMES[scheme][mask] if scheme in PER_CASE_SCHEMES else "none"
-        if normalize is not None and normalize != needed:
-            raise ConfigError(f"{where}: the teacher was trained on channel {channel_names[c]!r} with {scheme}"
-                              f"{' (masked)' if mask else ''}, which needs data.normalize: {needed} (got {normalize})")
-    if modes != {"none"}:
-        if len(modes) > 1:
-            raise ConfigError(f"{where}: the teacher's channels need different data.normalize modes {sorted(modes)}")
-        return None
-    bounds = [_elementwise(s, props.get(str(c)), where) for c, s in enumerate(schemes)]
-    return NnUNetIntensity(*zip(*bounds))
+        layout[position] = _channel(schemes[c], mask, props.get(str(c)), channel_names[c], where)
+    return NnUNetNormalization(tuple(layout))

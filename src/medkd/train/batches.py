@@ -1,7 +1,9 @@
 """A training batch as the step reads it: images without labels appended, augmented where it lives, on the device.
 
 The student's channels go to ``image``, the teacher's (when it reads other channels and runs live) to
-``teacher_image``; cached teacher outputs are read by sample key and given the same augmentation.
+``teacher_image``; cached teacher outputs are read by sample key and given the same augmentation. A teacher with
+its own normalisation reads its own copy of its channels: flips and rotations hit it like the student's image,
+the intensity jitter does not (it would show the teacher intensities it was never trained on).
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ def assemble_batch(parts: TrainingParts, indices: torch.Tensor, images: torch.Te
     if data.tea_pos is not None and parts.cache is None:
         batch["teacher_image"] = images[:, data.tea_pos]
     # augmentation runs where the batch lives (on a GPU: no per-sample CPU copies)
-    batch = augment_batch({k: to_device(v, dev, None) for k, v in batch.items()}, cfg.data.augment, gen)
+    jitter = ("image",) if data.bundle.teacher_normalization is not None else ("image", "teacher_image")
+    batch = augment_batch({k: to_device(v, dev, None) for k, v in batch.items()}, cfg.data.augment, gen,
+                          intensity_keys=jitter)
     cached = None
     if parts.cache is not None:
         cached = {k: apply_ops(v.to(dev, non_blocking=True), batch["augment_ops"])

@@ -50,8 +50,8 @@ __all__ = ["Networks", "TrainData", "TrainingParts", "build_parts", "load_teache
 class TrainData:
     """The run's data: its bundle, training samples, images without labels and whole validation cases.
 
-    ``stu_pos`` / ``tea_pos``: the channels of a sample the student / the teacher reads (``tea_pos`` None when
-    both read the same channels).
+    ``stu_pos`` / ``tea_pos``: the channels of a sample the student / the teacher reads (``tea_pos`` None without
+    a teacher; the teacher's own copy of its channels when it has its own normalisation).
     """
 
     bundle: DataBundle
@@ -159,14 +159,18 @@ def _load_bundle(cfg: RunConfig, folder: RunFolder, resuming: bool, is_main: boo
 
 
 def load_teacher_network(cfg: RunConfig, bundle: DataBundle, dev: torch.device) -> torch.nn.Module | None:
-    """The frozen teacher of ``distill.teacher`` on ``dev``; None for a run without distillation."""
+    """The frozen teacher of ``distill.teacher`` on ``dev``; None for a run without distillation.
+
+    A teacher with its own normalisation (``input_normalization``, e.g. nnU-Net's) hands it to the data:
+    ``bundle.teacher_normalization`` is set, so the training samples hold the teacher's own copy of its channels.
+    """
     if cfg.distill is None:
         return None
-    names = [bundle.index.channel_names[i] for i in bundle.teacher_channels or []]
-    inputs = TeacherInputs(bundle.teacher_in_channels or 0, bundle.num_classes, cfg.data.dim, names,
-                           bundle.class_names, cfg.data.normalize, cfg.data.neighbours)
-    return load_teacher(cfg.distill.teacher, inputs.in_channels, inputs.num_classes, inputs.dim, inputs,
-                        size=cfg.data.size).to(dev)
+    inputs = TeacherInputs.of_run(cfg, bundle)
+    teacher = load_teacher(cfg.distill.teacher, inputs.in_channels, inputs.num_classes, inputs.dim, inputs,
+                           size=cfg.data.size).to(dev)
+    bundle.teacher_normalization = getattr(teacher, "input_normalization", None)
+    return teacher
 
 
 def _open_folder(cfg: RunConfig, folder: RunFolder, bundle: DataBundle, resume: bool, resuming: bool,
@@ -204,7 +208,7 @@ def _load_training_data(cfg: RunConfig, bundle: DataBundle, is_main: bool) -> Tr
     val_cases = prepare_cases(bundle.index, bundle.split["val"], bundle.channels, cfg.data,
                               progress="loading validation cases" if cfg.train.progress and is_main else None) \
         if bundle.split["val"] else []
-    tea_pos = bundle.positions(bundle.teacher_channels) if bundle.teacher_channels else None
+    tea_pos = bundle.teacher_positions() if bundle.teacher_channels else None
     return TrainData(bundle, source, unlabeled, n_unlabeled, val_cases, bundle.positions(bundle.channels), tea_pos)
 
 

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The three studies' `gpu` budgets in one GPU call: run in parallel, index, report, pack. Run from the project root:
+#   USE_MPS=1 bash benchmarks/studies/gpu.sh ACDC BRATS OUT HARD_DEADLINE_S [run.py options...]
+# ACDC: the compact ACDC copy (medkd data compact ../shared/data/acdc ACDC --size 128x128); BRATS: the BraTS 2015
+# sample as it is (or a copy); OUT: where results/<study>/ (the reports, index.json, runs/*.json), logs.tgz and
+# machine.json are written. The presets name their data as ../shared/data/{acdc,brats2015-sample}; the script runs
+# them from a scratch folder where those paths point at ACDC and BRATS, so the repository and ../shared are never
+# written. USE_MPS=1 starts CUDA MPS first (many small runs on one GPU ran about 3x faster with it, see
+# benchmarks/quality); WHEELS=DIR installs the wheels in DIR into the scratch folder first (for a machine without
+# medkd's dependencies). New runs are launched until 70% of HARD_DEADLINE_S; runs still going at HARD_DEADLINE_S
+# are stopped and listed as unfinished in the reports. DEVICE=cpu runs the same on a CPU (for a smoke test).
+set -o pipefail
+ACDC=$(realpath "$1"); BRATS=$(realpath "$2"); OUT=$(realpath -m "$3"); HARD=$4; shift 4
+REPO=$PWD
+mkdir -p "$OUT"
+SCRATCH=$(mktemp -d)  # wheels, MPS pipes, the data links and the experiment folders
+export PYTHONPATH=$REPO/src${PYTHONPATH:+:$PYTHONPATH}
+if [ -n "$WHEELS" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SCRATCH/site" \
+    "$WHEELS"/*.whl || exit 3
+  export PYTHONPATH=$SCRATCH/site:$REPO/src
+fi
+export PYTHONUNBUFFERED=1
+mkdir -p "$SCRATCH/root/shared/data" "$SCRATCH/root/project"
+ln -s "$ACDC" "$SCRATCH/root/shared/data/acdc"
+ln -s "$BRATS" "$SCRATCH/root/shared/data/brats2015-sample"
+ln -s "$REPO/experiments" "$SCRATCH/root/project/experiments"
+export MEDKD_CACHE=$SCRATCH/cache
+python3 - "$OUT" <<'PY'
+import json, os, sys, platform, torch
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+json.dump({"gpu": gpu, "cpu": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
+           "note": "runs in parallel on one GPU" + (" under CUDA MPS" if os.environ.get("USE_MPS") else "")},
+          open(os.path.join(sys.argv[1], "machine.json"), "w"))
+print("machine:", gpu, torch.__version__)
+PY
+if [ -n "$USE_MPS" ]; then
+  export CUDA_MPS_PIPE_DIRECTORY=$SCRATCH/mps CUDA_MPS_LOG_DIRECTORY=$SCRATCH/mpslog
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  if nvidia-cuda-mps-control -d && timeout 20 python3 -c "import torch; torch.zeros(1).cuda().sum().item()"; then
+    echo "MPS on"
+  else
+    echo quit | nvidia-cuda-mps-control 2>/dev/null; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY; echo "MPS off"
+  fi
+fi
+SOFT=$(python3 -c "print(int(0.7 * $HARD))")
+(cd "$SCRATCH/root/project" && python3 "$REPO/benchmarks/studies/run.py" --budget gpu --work "$SCRATCH/work" \
+  --results "$OUT/results" --device "${DEVICE:-cuda}" --parallel 16 --deadline "$SOFT" --hard-deadline "$HARD" "$@" \
+  experiments/paper_a_acdc.yaml experiments/thesis_b_acdc.yaml experiments/kdnet_brats.yaml)
+[ -n "$CUDA_MPS_PIPE_DIRECTORY" ] && echo quit | nvidia-cuda-mps-control
+(cd "$SCRATCH/work" && tar czf "$OUT/logs.tgz" logs */index.json 2>/dev/null)
+ls -la "$OUT" "$OUT/results" 2>/dev/null

@@ -1,0 +1,77 @@
+"""The cpu / gpu budgets of the three study presets and medkd's recipe row (grid contents, no training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medkd.experiment.preset import expand_grid, load_preset
+from medkd.recipe import recipe_overlay
+
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+PRESETS = ("paper_a_acdc.yaml", "thesis_b_acdc.yaml", "kdnet_brats.yaml")
+
+
+def _rows(runs) -> set[str]:
+    return {r.name.split("/", 1)[1].rsplit("/seed", 1)[0] for r in runs}
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_recipe_row_is_the_packaged_recipe_on_the_presets_seg_loss(name: str) -> None:
+    preset = load_preset(EXPERIMENTS / name)
+    overlay = recipe_overlay()
+    baseline_seg = expand_grid(preset, "gpu", only=f"*/{preset.baseline}/seed0")[-1].config["train"]["seg_loss"]
+    runs = [r for r in expand_grid(preset, "gpu") if r.objective == "medkd-recipe"]
+    assert len({r.seed for r in runs}) >= 1 and runs
+    for run in runs:
+        distill = run.config["distill"]
+        assert distill["terms"] == overlay["distill"]["terms"]
+        assert distill["balance"] == overlay["distill"]["balance"] and distill["cache"] is True
+        assert run.config["train"]["seg_loss"] == {"name": baseline_seg["name"], "weight": 1.0}
+        assert distill["teacher"]["run"] == run.teacher_run
+        left_out = run.config["data"].get("train_fraction", 1.0) < 1.0
+        # the unlabelled images and the pseudo-label term exactly where the protocol leaves cases out
+        assert run.config["data"].get("unlabeled_left_out", False) is left_out
+        assert (distill.get("pseudo_label") == overlay["distill"]["pseudo_label"]) is left_out
+    assert "medkd" in preset.objectives["medkd-recipe"].label
+
+
+def test_thesis_b_recipe_distils_on_the_left_out_half() -> None:
+    runs = expand_grid(load_preset(EXPERIMENTS / "thesis_b_acdc.yaml"), "gpu")
+    recipe = [r for r in runs if r.objective == "medkd-recipe"]
+    assert [r.seed for r in recipe] == [0, 1, 2]
+    assert all(r.config["data"]["train_fraction"] == 0.5 and r.config["data"]["unlabeled_ratio"] == 1.0
+               for r in recipe)
+
+
+@pytest.mark.parametrize(("name", "rows"), [
+    ("paper_a_acdc.yaml", {"teacher-unetplusplus", "student-enet/baseline",
+                           "student-enet/lm-kmm-aam-from-unetplusplus", "student-enet/medkd-recipe-from-unetplusplus"}),
+    ("thesis_b_acdc.yaml", {"teacher-t1", "student-s1/baseline", "student-s1/con-B+E+D-pmd-from-t1",
+                            "student-s1/medkd-recipe-from-t1", "student-s1/control-100"}),
+    ("kdnet_brats.yaml", {"teacher-skip4", "student-skip4/gt", "student-skip4/gt-kl-kd-from-skip4",
+                          "student-skip4/medkd-recipe-from-skip4"}),
+])
+def test_gpu_budget_grid(name: str, rows: set[str]) -> None:
+    preset = load_preset(EXPERIMENTS / name)
+    runs = expand_grid(preset, "gpu")
+    assert _rows(runs) == rows
+    headline = [row for row in rows if row.startswith("student") and not row.endswith("control-100")]
+    units = {row: {(r.cell, r.seed) for r in runs if r.label.endswith(row)} for row in headline}
+    assert all(len(u) >= 3 for u in units.values()), units  # >= 3 seeds (or the 3 folds) per headline row
+    if preset.study != "kdnet":
+        assert all(r.config["data"]["size"] == [128, 128] for r in runs)
+    assert all(r.config["train"]["threads"] == 1 for r in runs)
+    b = preset.budgets["gpu"]
+    assert "UNTESTED" in b.description and b.cuts and "9 min" in b.hardware
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_cpu_budget_grid_matches_gpu_rows_and_says_it_is_untested(name: str) -> None:
+    preset = load_preset(EXPERIMENTS / name)
+    cpu, gpu = expand_grid(preset, "cpu"), expand_grid(preset, "gpu")
+    assert _rows(cpu) == _rows(gpu) - {"student-s1/control-100"}
+    assert all(r.config["train"]["threads"] == 2 for r in cpu)
+    b = preset.budgets["cpu"]
+    assert "UNTESTED" in b.description and "2-core CPU" in b.hardware and len(b.cuts) >= 3
