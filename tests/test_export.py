@@ -153,6 +153,27 @@ def test_prelu_is_exported_as_leaky_relu_or_relu_nodes_with_the_same_values(tmp_
         _close(OnnxPredictor(path)(x).numpy(), net(x).numpy())
 
 
+def test_enet_onnx_gathers_pool_windows_with_a_conv_and_keeps_logits_and_labels(tmp_path):
+    torch.manual_seed(0)
+    net = create_model("enet", in_channels=1, num_classes=3).eval()
+    with torch.no_grad():  # trained-like statistics and slopes, so every branch matters
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+            elif isinstance(m, nn.PReLU):
+                m.weight.uniform_(0.05, 0.4)
+    path = export_onnx(net, tmp_path / "enet.onnx", torch.randn(1, 1, 64, 64))
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("Slice") <= 6  # only shape arithmetic: the 4 x 2 strided window slices are one Conv per pool
+    x = torch.randn(2, 1, 96, 64)
+    with torch.no_grad():
+        ref = net(x).numpy()
+    got = OnnxPredictor(path)(x).numpy()
+    assert np.abs(got - ref).max() < 1e-4
+    assert np.array_equal(got.argmax(1), ref.argmax(1))
+
+
 def test_bad_example_is_a_one_line_error(tmp_path):
     with pytest.raises(MedkdError, match="example must be"):
         export_onnx(_DeepSupervision(), tmp_path / "x.onnx", torch.randn(16, 16))

@@ -56,14 +56,15 @@ def _first_step(config: Path, run_dir: Path, timeout: float = 600.0) -> float:
 def render_md(record: dict) -> str:
     """The markdown report of a ``startup_cpu.json`` record."""
     med, tries = record["median_s"], record["seconds"]
-    labels = {"cold": "cold (empty `data.prepared_dir`: prepare + write)", "warm": "warm (prepared samples present)"}
+    labels = {"cold": "cold (empty `data.prepared_dir`: prepare + write)",
+              "warm": "warm (prepared samples and validation cases present)"}
     rows = [[label, f"{med[k]:.2f}", ", ".join(f"{v:.2f}" for v in tries[k])] for k, label in labels.items()]
     table = "\n".join(markdown_table(["cache", "median (s)", "tries (s)"], rows, "lrl"))
     return (f"# Start-up: `medkd train` to the first step\n\n{record['machine']}; torch {record['torch']}; "
             f"load average {record['load_average_before'][0]:.2f} before, "
             f"{record['load_average_after'][0]:.2f} after.\n\n"
             f"Run: {record['run']}. Measure: {record['measure']}; median of {record['repeats']}.\n\n"
-            f"{table}\n\nCache folder: {record['cache_mib']:.1f} MiB.\n")
+            f"{table}\n\nCache folders (training slices, validation cases): {record['cache_mib']:.1f} MiB.\n")
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -16,6 +17,7 @@ from medkd.data import pipeline
 from medkd.data.loader import build_bundle, build_train_source
 from medkd.data.pipeline import TeacherCopy, prepare_cases, slice_samples
 from medkd.data.prepared import cache_root, fingerprint, prepared_slices
+from medkd.data.prepared_cases import prepared_cases
 from medkd.errors import ConfigError, MedkdError
 from medkd.run import RunFolder
 from medkd.teachers.nnunet_norm import nnunet_normalization
@@ -81,10 +83,11 @@ def test_training_is_identical_with_and_without_the_cache_and_reuses_it(synth2d,
         runs[name] = list(loads)
         if name == "off":
             assert _folders(cache) == []
-    train_ids = set(build_bundle(cfg).split["train"])
-    assert train_ids <= set(runs["cold"])
-    assert not train_ids & set(runs["warm"])  # the second auto run read no training case
-    assert len(_folders(cache)) == 1
+    split = build_bundle(cfg).split
+    train_ids, val_ids = set(split["train"]), set(split["val"])
+    assert train_ids | val_ids <= set(runs["cold"]) and val_ids
+    assert not (train_ids | val_ids) & set(runs["warm"])  # the second auto run read no training or val case
+    assert len(_folders(cache)) == 2  # the training slices and the validation cases
 
     def steps(name):
         return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in RunFolder(tmp_path / name).metrics()
@@ -225,3 +228,60 @@ def test_cli_data_prepare_builds_then_reuses(synth2d, make_config, tmp_path, cap
     assert main(["data", "prepare", str(config), "--set", "data.prepared=off"]) == 2
     assert "data.prepared is off" in capsys.readouterr().err
     assert parse_config(make_config(synth2d, data={"root": str(synth2d), "prepared": False})).data.prepared == "off"
+
+
+def _val_args(make_config, synth2d, cache, **data):
+    cfg = _cfg(make_config, synth2d, cache, **data)
+    bundle = build_bundle(cfg)
+    return cfg, (cfg.data, bundle.index, bundle.split["val"], bundle.channels)
+
+
+def _same_cases(got, want):
+    assert [c.case_id for c in got] == [c.case_id for c in want] and len(got) > 0
+    for a, b in zip(got, want):
+        assert a.site == b.site and a.grid is None and a.original_label is None
+        for x, y in ((a.image, b.image), (a.label, b.label), (a.affine, b.affine)):
+            assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
+
+
+def test_val_cases_read_back_bit_identical(synth2d, make_config, tmp_path, loads):
+    cfg, args = _val_args(make_config, synth2d, tmp_path / "cache")
+    want = prepare_cases(args[1], args[2], args[3], cfg.data)
+    first, info1 = prepared_cases(*args)
+    loads.clear()
+    again, info2 = prepared_cases(*args)
+    assert not info1.reused and info2.reused and info2.folder == info1.folder and loads == []
+    _same_cases(first, want)
+    _same_cases(again, want)
+    slices_fp = fingerprint(cfg.data, args[1], args[2], args[3])[0]
+    assert info2.fingerprint != slices_fp  # a case folder never collides with a slice folder
+    assert json.loads((info2.folder / "index.json").read_text())["cases"][0]["label"]["dtype"] == "uint8"
+
+
+def test_val_cases_damaged_folder_is_rebuilt_and_off_writes_nothing(synth2d, make_config, tmp_path, loads):
+    cfg, args = _val_args(make_config, synth2d, tmp_path / "cache")
+    want, info = prepared_cases(*args)
+    victim = info.folder / "image_0000.npy"
+    arr = np.load(victim)
+    arr.flat[0] += 1.0
+    np.save(victim, arr)  # same shape and dtype, other content
+    got, again = prepared_cases(*args)
+    assert not again.reused
+    _same_cases(got, want)
+    assert prepared_cases(*args)[1].reused
+    off_cache = tmp_path / "off"
+    _, off_args = _val_args(make_config, synth2d, off_cache, prepared="off")
+    _same_cases(prepared_cases(*off_args)[0], want)
+    assert _folders(off_cache) == []
+
+
+def test_warm_source_keeps_compact_labels_and_gives_int64_batches(synth2d, make_config, tmp_path):
+    cfg = _cfg(make_config, synth2d, tmp_path / "cache")
+    bundle = build_bundle(cfg)
+    cold = build_train_source(cfg, bundle)
+    warm = build_train_source(cfg, bundle)
+    assert cold.labels.dtype == torch.int64 and warm.labels.dtype == torch.uint8
+    idx = torch.arange(len(cold))
+    for got, want in zip(warm.samples(idx, torch.Generator()), cold.samples(idx, torch.Generator())):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+    assert int(cold.labels.max()) > 0

@@ -230,6 +230,27 @@ def test_enet_pool_and_unpool_equal_torch_max_pool_and_unpool(kind):
     assert winners.dtype == torch.int64 and int(winners.min()) >= 0 and int(winners.max()) <= 3
 
 
+@pytest.mark.parametrize("kind", ["random", "ties", "constant", "odd"])
+def test_enet_export_window_conv_equals_the_strided_slices(kind):
+    """The one-hot convolution used for ONNX export gathers exactly the windows of the strided slices."""
+    from medkd.models.enet import max_pool2x_with_winners, window_stack_by_conv
+
+    gen = torch.Generator().manual_seed(1)
+    shape = (2, 5, 9, 13) if kind == "odd" else (2, 5, 8, 12)
+    x = {
+        "random": lambda: torch.randn(shape, generator=gen) * 1e3,
+        "ties": lambda: torch.randint(0, 3, shape, generator=gen).float(),
+        "constant": lambda: torch.full(shape, -2.5),
+        "odd": lambda: torch.randn(shape, generator=gen),
+    }[kind]()
+    windows = window_stack_by_conv(x, 5)
+    assert windows.shape == (2, 5, 4, 4, 6)
+    assert torch.equal(windows[:, :, 1], x[:, :, 0:8:2, 1:12:2])  # row-major: (0, 1) is the second position
+    pooled, winners = windows.max(dim=2)
+    ref_pooled, ref_winners = max_pool2x_with_winners(x, 5)  # outside an export: the slices
+    assert torch.equal(pooled, ref_pooled) and torch.equal(winners, ref_winners)
+
+
 @pytest.mark.parametrize("name", ["enet", "espnet", "erfnet", "unet_s1", "unet_s2"])
 def test_students_export_to_onnx_with_dynamic_sizes(build, name, tmp_path):
     ort = pytest.importorskip("onnxruntime")

@@ -242,7 +242,7 @@ class SliceSource:
         return self.images.shape[0]
 
     def samples(self, indices: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[indices], self.labels[indices]
+        return self.images[indices], self.labels[indices].long()
 
     @property
     def deterministic(self) -> bool:
@@ -376,7 +376,8 @@ def build_train_source(cfg: RunConfig, bundle: DataBundle) -> SliceSource | Patc
     copy = bundle.teacher_copy
     if cfg.data.dim == 2:
         images, labels, origin, _ = prepared_slices(cfg.data, bundle.index, bundle.split["train"],
-                                                    bundle.loaded_channels, progress=progress, teacher=copy)
+                                                    bundle.loaded_channels, progress=progress, teacher=copy,
+                                                    compact_labels=True)
         return SliceSource.from_arrays(images, labels, origin)
     cases = prepare_cases(bundle.index, bundle.split["train"], bundle.loaded_channels, cfg.data, progress=progress,
                           teacher=copy)

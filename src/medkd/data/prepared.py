@@ -18,7 +18,8 @@ A folder is written as a hidden temporary folder and renamed into place, so a ki
 a folder whose index or arrays do not match (truncated, edited, another version) is rebuilt, never trusted.
 The cache only saves time: arrays read back are bit-identical to the ones computed. It lives in
 ``data.prepared_dir`` (default ``$MEDKD_CACHE/prepared``, else ``~/.cache/medkd/prepared``), never in a dataset
-folder; ``data.prepared: off`` turns it off. 3D runs (random patches of whole volumes) are not cached.
+folder; ``data.prepared: off`` turns it off. 3D runs (random patches of whole volumes) are not cached; whole
+validation cases are, by :mod:`medkd.data.prepared_cases`. Arrays are read back memory-mapped (:func:`map_npy`).
 
 Example:
     >>> images, labels, origin, info = prepared_slices(cfg.data, index, ["case_000"], [0])
@@ -47,7 +48,9 @@ from medkd.data.formats import DatasetIndex
 from medkd.data.pipeline import TeacherCopy, prepare_cases, slice_samples
 from medkd.errors import ConfigError, MedkdError
 
-__all__ = ["FORMAT_VERSION", "PreparedInfo", "cache_root", "fingerprint", "folder_size", "prepared_slices"]
+__all__ = ["FORMAT_VERSION", "PreparedInfo", "cache_root", "checked_root", "fingerprint", "folder_size",
+           "map_npy", "prepared_slices",
+           "publish"]
 
 FORMAT_VERSION = 1
 #: DataConfig fields that never change the prepared samples of given cases (they choose cases or act later).
@@ -73,17 +76,32 @@ def cache_root(data: DataConfig) -> Path:
     return base / "prepared"
 
 
+def checked_root(data: DataConfig, index: DatasetIndex) -> Path:
+    """The resolved cache root of a run.
+
+    Raises:
+        ConfigError: ``data.prepared_dir`` lies inside the dataset folder.
+    """
+    root = cache_root(data).resolve()
+    dataset = Path(index.root).resolve()
+    if root == dataset or dataset in root.parents:
+        raise ConfigError(f"data.prepared_dir: {root} is inside the dataset folder {dataset}; "
+                          "medkd never writes there")
+    return root
+
+
 def _file_facts(path: Path) -> list[Any]:
     st = os.stat(path)
     return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
 
 
 def fingerprint(data: DataConfig, index: DatasetIndex, case_ids: Sequence[str], channels: Sequence[int],
-                teacher: TeacherCopy | None = None) -> tuple[str, dict[str, Any]]:
+                teacher: TeacherCopy | None = None, kind: str = "slices2d") -> tuple[str, dict[str, Any]]:
     """The sha256 fingerprint of the 2D training samples of ``case_ids`` and the facts behind it.
 
     ``teacher``: the teacher's own copy of its channels (its facts are added only when there is one, so the
-    fingerprint of samples without it stays what it was).
+    fingerprint of samples without it stays what it was). ``kind``: what is cached (``slices2d``, or
+    ``cases`` for whole prepared cases, :mod:`medkd.data.prepared_cases`).
 
     Raises:
         OSError: a case file cannot be stat'ed (the load that follows reports it properly).
@@ -96,7 +114,7 @@ def fingerprint(data: DataConfig, index: DatasetIndex, case_ids: Sequence[str], 
                       "files": [_file_facts(f) for f in files]})
     facts = {
         "format_version": FORMAT_VERSION,
-        "kind": "slices2d",
+        "kind": kind,
         "versions": {"numpy": np.__version__, "torch": torch.__version__, "monai": monai.__version__},
         "root": str(Path(index.root).resolve()),
         "dataset": {"format": index.format, "labels": index.labels, "label_map": {str(k): v for k, v in
@@ -138,11 +156,9 @@ def _read(folder: Path, fp: str) -> tuple[torch.Tensor, torch.Tensor, list[tuple
         arrays = {}
         for name in ("images", "labels"):
             spec = meta[name]
-            mm = np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
-            if list(mm.shape) != spec["shape"] or str(mm.dtype) != spec["dtype"]:
+            arr = map_npy(folder / f"{name}.npy")
+            if list(arr.shape) != spec["shape"] or str(arr.dtype) != spec["dtype"]:
                 return None
-            arr = np.array(mm)  # one sequential read into memory; the file may be replaced later
-            del mm
             if _sha256(arr) != spec["sha256"]:
                 return None
             arrays[name] = arr
@@ -151,9 +167,16 @@ def _read(folder: Path, fp: str) -> tuple[torch.Tensor, torch.Tensor, list[tuple
             return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    images = torch.from_numpy(arrays["images"])
-    labels = torch.from_numpy(arrays["labels"].astype(np.int64))
-    return images, labels, origin
+    return torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["labels"]), origin
+
+
+def map_npy(path: Path) -> np.ndarray:
+    """A ``.npy`` file memory-mapped copy-on-write, as a plain ndarray.
+
+    Pages are read on first touch (the sha256 check reads them all once); a cache folder is only ever replaced
+    by a rename, never rewritten in place, so the mapping stays valid while a run holds it.
+    """
+    return np.asarray(np.load(path, mmap_mode="c", allow_pickle=False))
 
 
 def _write(root: Path, fp: str, facts: dict[str, Any], images: torch.Tensor, labels: torch.Tensor,
@@ -172,25 +195,31 @@ def _write(root: Path, fp: str, facts: dict[str, Any], images: torch.Tensor, lab
                 "labels": {"shape": list(lab.shape), "dtype": str(lab.dtype), "sha256": _sha256(lab)},
                 "origin": [[c, int(z)] for c, z in origin], "facts": facts}
         (tmp / "index.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
-        os.chmod(tmp, 0o755)
-        if final.exists():  # a stale or corrupt folder: move it aside first, then remove it
-            stale = Path(tempfile.mkdtemp(prefix=f".{fp[:16]}.", suffix=".stale", dir=root))
-            os.replace(final, stale / "old")
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.is_dir():  # else another process just wrote the same samples
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+        publish(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
 
 
+def publish(tmp: Path, final: Path) -> None:
+    """Rename a fully written temporary folder into place, replacing a stale or corrupt ``final``."""
+    os.chmod(tmp, 0o755)
+    if final.exists():  # a stale or corrupt folder: move it aside first, then remove it
+        stale = Path(tempfile.mkdtemp(prefix=f".{final.name[:16]}.", suffix=".stale", dir=final.parent))
+        os.replace(final, stale / "old")
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not final.is_dir():  # else another process just wrote the same samples
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def prepared_slices(data: DataConfig, index: DatasetIndex, case_ids: Sequence[str], channels: Sequence[int],
-                    progress: str | None = None, must_write: bool = False, teacher: TeacherCopy | None = None
+                    progress: str | None = None, must_write: bool = False, teacher: TeacherCopy | None = None,
+                    compact_labels: bool = False
                     ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, int]], PreparedInfo]:
     """The 2D training samples of ``case_ids``: read from the cache, else prepared and written to it.
 
@@ -203,6 +232,8 @@ def prepared_slices(data: DataConfig, index: DatasetIndex, case_ids: Sequence[st
         must_write: a cache folder that cannot be written is an error (``medkd data prepare``); otherwise a
             one-line note on stderr and the samples are used from memory (the cache only saves time).
         teacher: the teacher's own copy of its channels, held after ``channels`` (None: none).
+        compact_labels: labels read back keep the cache's small integer type (same values; the caller converts
+            each batch) instead of int64, which saves converting every label at start-up.
 
     Returns:
         ``(images, labels, origin, info)`` exactly as :func:`medkd.data.pipeline.slice_samples` gives them.
@@ -217,18 +248,16 @@ def prepared_slices(data: DataConfig, index: DatasetIndex, case_ids: Sequence[st
 
     if data.prepared == "off":
         return (*compute(), PreparedInfo(None, "", False))
-    root = cache_root(data).resolve()
-    dataset = Path(index.root).resolve()
-    if root == dataset or dataset in root.parents:
-        raise ConfigError(f"data.prepared_dir: {root} is inside the dataset folder {dataset}; "
-                          "medkd never writes there")
+    root = checked_root(data, index)
     try:
         fp, facts = fingerprint(data, index, case_ids, channels, teacher)
     except OSError:
         return (*compute(), PreparedInfo(None, "", False))  # a missing file: the load reports it
     got = _read(root / fp, fp)
     if got is not None:
-        return (*got, PreparedInfo(root / fp, fp, True))
+        images, labels, origin = got
+        labels = labels if compact_labels else labels.long()
+        return images, labels, origin, PreparedInfo(root / fp, fp, True)
     images, labels, origin = compute()
     try:
         folder = _write(root, fp, facts, images, labels, origin)

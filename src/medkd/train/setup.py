@@ -28,8 +28,9 @@ from medkd.data.loader import (
     build_train_source,
     build_unlabeled_source,
 )
-from medkd.data.pipeline import PreparedCase, prepare_cases
+from medkd.data.pipeline import PreparedCase
 from medkd.data.prepared import cache_root
+from medkd.data.prepared_cases import prepared_cases
 from medkd.distill.cache import TeacherCache, check_cacheable
 from medkd.distill.objective import DistillObjective
 from medkd.distill.segmentation import create_seg_loss
@@ -205,8 +206,8 @@ def _load_training_data(cfg: RunConfig, bundle: DataBundle, is_main: bool) -> Tr
     source = build_train_source(cfg, bundle)
     unlabeled = build_unlabeled_source(cfg, bundle)
     n_unlabeled = max(1, round(cfg.data.unlabeled_ratio * cfg.train.batch_size)) if unlabeled is not None else 0
-    val_cases = prepare_cases(bundle.index, bundle.split["val"], bundle.channels, cfg.data,
-                              progress="loading validation cases" if cfg.train.progress and is_main else None) \
+    progress = "loading validation cases" if cfg.train.progress and is_main else None
+    val_cases = prepared_cases(cfg.data, bundle.index, bundle.split["val"], bundle.channels, progress)[0] \
         if bundle.split["val"] else []
     tea_pos = bundle.teacher_positions() if bundle.teacher_channels else None
     return TrainData(bundle, source, unlabeled, n_unlabeled, val_cases, bundle.positions(bundle.channels), tea_pos)
