@@ -9,6 +9,7 @@ set -o pipefail
 DATA=$1; OUT=$2; HARD=$3; shift 3
 mkdir -p "$OUT"
 SCRATCH=$(mktemp -d)  # wheels, MPS pipes and (unless WORK is set) the run folders
+source "$(dirname "$0")/../gpu_common.sh"  # write_machine_json, start_mps
 if [ -n "$WHEELS" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SCRATCH/site" \
     "$WHEELS"/*.whl || exit 3
@@ -16,23 +17,8 @@ if [ -n "$WHEELS" ]; then
 fi
 export PYTHONUNBUFFERED=1
 WORK=${WORK:-$SCRATCH/work}; mkdir -p "$WORK"
-python3 - "$WORK" <<'PY'
-import json, os, sys, platform, torch
-gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-json.dump({"gpu": gpu, "cpu": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
-           "note": "runs in parallel on one GPU" + (" under CUDA MPS" if os.environ.get("USE_MPS") else "")},
-          open(os.path.join(sys.argv[1], "machine.json"), "w"))
-print("machine:", gpu, torch.__version__)
-PY
-if [ -n "$USE_MPS" ]; then
-  export CUDA_MPS_PIPE_DIRECTORY=$SCRATCH/mps CUDA_MPS_LOG_DIRECTORY=$SCRATCH/mpslog
-  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-  if nvidia-cuda-mps-control -d && timeout 20 python3 -c "import torch; torch.zeros(1).cuda().sum().item()"; then
-    echo "MPS on"
-  else
-    echo quit | nvidia-cuda-mps-control 2>/dev/null; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY; echo "MPS off"
-  fi
-fi
+write_machine_json "$WORK"
+start_mps "$SCRATCH"
 python3 benchmarks/quality/run.py run --data "$DATA" --work "$WORK" --hard-deadline "$HARD" "$@"
 python3 benchmarks/quality/run.py collect --work "$WORK" --out "$OUT/raw.json"
 cp "$WORK/runs/teacher/checkpoints/best.safetensors" "$OUT/teacher_best.safetensors" 2>/dev/null

@@ -14,6 +14,7 @@ ACDC=$(realpath "$1"); BRATS=$(realpath "$2"); OUT=$(realpath -m "$3"); HARD=$4;
 REPO=$PWD
 mkdir -p "$OUT"
 SCRATCH=$(mktemp -d)  # wheels, MPS pipes, the data links and the experiment folders
+source "$(dirname "$0")/../gpu_common.sh"  # write_machine_json, start_mps
 export PYTHONPATH=$REPO/src${PYTHONPATH:+:$PYTHONPATH}
 if [ -n "$WHEELS" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SCRATCH/site" \
@@ -21,30 +22,15 @@ if [ -n "$WHEELS" ]; then
   export PYTHONPATH=$SCRATCH/site:$REPO/src
 fi
 export PYTHONUNBUFFERED=1
-mkdir -p "$SCRATCH/root/shared/data" "$SCRATCH/root/project"
-ln -s "$ACDC" "$SCRATCH/root/shared/data/acdc"
-ln -s "$BRATS" "$SCRATCH/root/shared/data/brats2015-sample"
-ln -s "$REPO/experiments" "$SCRATCH/root/project/experiments"
+mkdir -p "$SCRATCH/tree/shared/data" "$SCRATCH/tree/project"
+ln -s "$ACDC" "$SCRATCH/tree/shared/data/acdc"
+ln -s "$BRATS" "$SCRATCH/tree/shared/data/brats2015-sample"
+ln -s "$REPO/experiments" "$SCRATCH/tree/project/experiments"
 export MEDKD_CACHE=$SCRATCH/cache
-python3 - "$OUT" <<'PY'
-import json, os, sys, platform, torch
-gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-json.dump({"gpu": gpu, "cpu": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
-           "note": "runs in parallel on one GPU" + (" under CUDA MPS" if os.environ.get("USE_MPS") else "")},
-          open(os.path.join(sys.argv[1], "machine.json"), "w"))
-print("machine:", gpu, torch.__version__)
-PY
-if [ -n "$USE_MPS" ]; then
-  export CUDA_MPS_PIPE_DIRECTORY=$SCRATCH/mps CUDA_MPS_LOG_DIRECTORY=$SCRATCH/mpslog
-  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-  if nvidia-cuda-mps-control -d && timeout 20 python3 -c "import torch; torch.zeros(1).cuda().sum().item()"; then
-    echo "MPS on"
-  else
-    echo quit | nvidia-cuda-mps-control 2>/dev/null; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY; echo "MPS off"
-  fi
-fi
+write_machine_json "$OUT"
+start_mps "$SCRATCH"
 SOFT=$(python3 -c "print(int(0.7 * $HARD))")
-(cd "$SCRATCH/root/project" && python3 "$REPO/benchmarks/studies/run.py" --budget gpu --work "$SCRATCH/work" \
+(cd "$SCRATCH/tree/project" && python3 "$REPO/benchmarks/studies/run.py" --budget gpu --work "$SCRATCH/work" \
   --results "$OUT/results" --device "${DEVICE:-cuda}" --parallel 16 --deadline "$SOFT" --hard-deadline "$HARD" "$@" \
   experiments/paper_a_acdc.yaml experiments/thesis_b_acdc.yaml experiments/kdnet_brats.yaml)
 [ -n "$CUDA_MPS_PIPE_DIRECTORY" ] && echo quit | nvidia-cuda-mps-control

@@ -1,0 +1,25 @@
+# Shared by the one-call device scripts (benchmarks/quality/gpu.sh, benchmarks/studies/gpu.sh); source it.
+# write_machine_json DIR: the GPU, CPU and torch of this machine -> DIR/machine.json.
+# start_mps SCRATCH: start CUDA MPS when USE_MPS is set (pipes under SCRATCH); falls back to plain CUDA.
+
+write_machine_json() {
+  python3 - "$1" <<'PY'
+import json, os, sys, platform, torch
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+json.dump({"gpu": gpu, "cpu": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
+           "note": "runs in parallel on one GPU" + (" under CUDA MPS" if os.environ.get("USE_MPS") else "")},
+          open(os.path.join(sys.argv[1], "machine.json"), "w"))
+print("machine:", gpu, torch.__version__)
+PY
+}
+
+start_mps() {
+  [ -n "$USE_MPS" ] || return 0
+  export CUDA_MPS_PIPE_DIRECTORY=$1/mps CUDA_MPS_LOG_DIRECTORY=$1/mpslog
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  if nvidia-cuda-mps-control -d && timeout 20 python3 -c "import torch; torch.zeros(1).cuda().sum().item()"; then
+    echo "MPS on"
+  else
+    echo quit | nvidia-cuda-mps-control 2>/dev/null; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY; echo "MPS off"
+  fi
+}
