@@ -28,13 +28,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,7 @@ from medkd.data.pipeline import TeacherCopy, prepare_cases, slice_samples
 from medkd.errors import ConfigError, MedkdError
 
 __all__ = ["FORMAT_VERSION", "PreparedInfo", "cache_root", "checked_root", "fingerprint", "folder_size",
-           "map_npy", "prepared_slices",
-           "publish"]
+           "map_npy", "prepared_slices", "publish", "staged_folder"]
 
 FORMAT_VERSION = 1
 #: DataConfig fields that never change the prepared samples of given cases (they choose cases or act later).
@@ -182,10 +182,7 @@ def map_npy(path: Path) -> np.ndarray:
 def _write(root: Path, fp: str, facts: dict[str, Any], images: torch.Tensor, labels: torch.Tensor,
            origin: list[tuple[str, int]]) -> Path:
     """Write a cache folder under ``root`` all or nothing (temporary folder + rename); returns its path."""
-    final = root / fp
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{fp[:16]}.", suffix=".tmp", dir=root))
-    try:
+    with staged_folder(root, fp) as tmp:
         img = images.numpy().astype(np.float32, copy=False)
         lab = labels.numpy().astype(_label_dtype(labels))
         np.save(tmp / "images.npy", img, allow_pickle=False)
@@ -195,11 +192,21 @@ def _write(root: Path, fp: str, facts: dict[str, Any], images: torch.Tensor, lab
                 "labels": {"shape": list(lab.shape), "dtype": str(lab.dtype), "sha256": _sha256(lab)},
                 "origin": [[c, int(z)] for c, z in origin], "facts": facts}
         (tmp / "index.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
-        publish(tmp, final)
+    return root / fp
+
+
+@contextlib.contextmanager
+def staged_folder(root: Path, name: str) -> Iterator[Path]:
+    """A temporary folder under ``root`` to write a cache folder into; published as ``root/name`` (by
+    :func:`publish`) when the block ends normally, removed when it raises: all or nothing."""
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name[:16]}.", suffix=".tmp", dir=root))
+    try:
+        yield tmp
+        publish(tmp, root / name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return final
 
 
 def publish(tmp: Path, final: Path) -> None:

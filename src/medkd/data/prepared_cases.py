@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ import numpy as np
 from medkd.config import DataConfig
 from medkd.data.formats import DatasetIndex
 from medkd.data.pipeline import PreparedCase, prepare_cases
-from medkd.data.prepared import FORMAT_VERSION, PreparedInfo, checked_root, fingerprint, map_npy, publish
+from medkd.data.prepared import FORMAT_VERSION, PreparedInfo, checked_root, fingerprint, map_npy, staged_folder
 
 __all__ = ["prepared_cases"]
 
@@ -80,10 +78,7 @@ def _read(folder: Path, fp: str) -> list[PreparedCase] | None:
 
 def _write(root: Path, fp: str, facts: dict[str, Any], cases: list[PreparedCase]) -> Path:
     """Write the cases' folder under ``root`` all or nothing (temporary folder + rename); returns its path."""
-    final = root / fp
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{fp[:16]}.", suffix=".tmp", dir=root))
-    try:
+    with staged_folder(root, fp) as tmp:
         records = []
         for i, case in enumerate(cases):
             np.save(tmp / f"image_{i:04d}.npy", case.image, allow_pickle=False)
@@ -96,11 +91,7 @@ def _write(root: Path, fp: str, facts: dict[str, Any], cases: list[PreparedCase]
             records.append(rec)
         meta = {"format_version": FORMAT_VERSION, "fingerprint": fp, "cases": records, "facts": facts}
         (tmp / "index.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
-        publish(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    return root / fp
 
 
 def _cacheable(cases: list[PreparedCase]) -> bool:
