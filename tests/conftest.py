@@ -88,3 +88,26 @@ def make_config():
 def make_run_config():
     """Factory fixture: ``make_run_config(root, **section_overrides)`` -> RunConfig."""
     return tiny_run_config
+
+
+def _write_untrained_run(cfg, run_dir: Path):
+    """A run folder of ``cfg`` with seeded (torch seed 0), untrained weights: config, split and best weights,
+    what training writes first."""
+    from medkd.data.loader import build_bundle
+    from medkd.run import RunFolder, build_network, resolve_paths
+    from medkd.train.checkpoint import save_best
+
+    cfg = resolve_paths(cfg)
+    bundle = build_bundle(cfg)
+    run = RunFolder(run_dir)
+    run.prepare(cfg, bundle)
+    torch.manual_seed(0)
+    net = build_network(cfg.model, bundle.in_channels, bundle.num_classes, cfg.data.dim)
+    save_best(run.checkpoints, net.state_dict(), {"epoch": 1})
+    return run
+
+
+@pytest.fixture(scope="session")
+def untrained_run():
+    """Factory ``(cfg, run_dir) -> RunFolder``: a run folder with seeded, untrained best weights."""
+    return _write_untrained_run

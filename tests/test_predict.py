@@ -6,27 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from medkd.data.loader import build_bundle
 from medkd.data.nifti_io import read_nifti, write_nifti
 from medkd.data.pipeline import prepare_arrays
 from medkd.errors import DataError, MedkdError
 from medkd.inference import predict_volume
 from medkd.predict import collect_inputs, predict_files
-from medkd.run import RunFolder, build_network, resolve_paths
-from medkd.train.checkpoint import save_best
+from medkd.run import RunFolder
 
 
 @pytest.fixture(scope="module")
-def run(synth2d, make_run_config, tmp_path_factory) -> RunFolder:
+def run(synth2d, make_run_config, untrained_run, tmp_path_factory) -> RunFolder:
     """An untrained (seeded) unet_s1 run folder: config, split and best weights, as training writes them."""
-    cfg = resolve_paths(make_run_config(synth2d))
-    bundle = build_bundle(cfg)
-    folder = RunFolder(tmp_path_factory.mktemp("predict") / "run")
-    folder.prepare(cfg, bundle)
-    torch.manual_seed(0)
-    net = build_network(cfg.model, bundle.in_channels, bundle.num_classes, cfg.data.dim)
-    save_best(folder.checkpoints, net.state_dict(), {"epoch": 1})
-    return folder
+    return untrained_run(make_run_config(synth2d), tmp_path_factory.mktemp("predict") / "run")
 
 
 def _touch(folder, *names):

@@ -8,31 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from medkd.data.loader import build_bundle, open_dataset
+from medkd.data.loader import open_dataset
 from medkd.data.pipeline import prepare_cases, resize_image
 from medkd.errors import MedkdError
 from medkd.experiment.reconstruction import reconstruction_psnr
-from medkd.run import RunFolder, build_network, resolve_paths
-from medkd.train.checkpoint import save_best
+from medkd.run import RunFolder
 
 MULTITASK = {"name": "multitask_unet", "kwargs": {"widths": [4, 8]}}
 
 
-def _run(cfg, run_dir) -> RunFolder:
-    """A run folder with seeded, untrained weights (config, split, best weights: what training writes first)."""
-    cfg = resolve_paths(cfg)
-    bundle = build_bundle(cfg)
-    run = RunFolder(run_dir)
-    run.prepare(cfg, bundle)
-    torch.manual_seed(0)
-    net = build_network(cfg.model, bundle.in_channels, bundle.num_classes, cfg.data.dim)
-    save_best(run.checkpoints, net.state_dict(), {"epoch": 1})
-    return run
-
-
 @pytest.fixture(scope="module")
-def multitask_run(synth2d, make_run_config, tmp_path_factory) -> RunFolder:
-    return _run(make_run_config(synth2d, model=MULTITASK), tmp_path_factory.mktemp("recon") / "run")
+def multitask_run(synth2d, make_run_config, untrained_run, tmp_path_factory) -> RunFolder:
+    return untrained_run(make_run_config(synth2d, model=MULTITASK), tmp_path_factory.mktemp("recon") / "run")
 
 
 def _hand_psnr(run: RunFolder, case: str) -> float:
@@ -67,7 +54,7 @@ def test_an_empty_split_has_no_values(multitask_run):
         "split": "nosuchsplit", "n_cases": 0, "psnr": {"mean": None, "std": None}, "per_case": {}}
 
 
-def test_a_network_without_reconstruction_is_refused(synth2d, make_run_config, tmp_path):
-    run = _run(make_run_config(synth2d), tmp_path / "plain")
+def test_a_network_without_reconstruction_is_refused(synth2d, make_run_config, untrained_run, tmp_path):
+    run = untrained_run(make_run_config(synth2d), tmp_path / "plain")
     with pytest.raises(MedkdError, match=r"plain: model unet_s1 has no 'reconstruction' output"):
         reconstruction_psnr(run.path)

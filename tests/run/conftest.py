@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
+from safetensors.torch import load_file
 
 from medkd.config import RunConfig
-from medkd.data.loader import build_bundle
-from medkd.run import RunFolder, build_network, resolve_paths
+from medkd.run import RunFolder
 from medkd.train.checkpoint import save_best, save_checkpoint
 
 #: metrics.jsonl lines of the fake run: two epochs, one step each.
@@ -24,17 +23,14 @@ RECORDS: list[dict[str, Any]] = [
 SUMMARY: dict[str, Any] = {"epochs": 2, "best": {"epoch": 2, "val_dice": 0.5}, "train_seconds": 1.25}
 
 
-def build_run(cfg: RunConfig, run_dir: Path) -> RunFolder:
-    """Write a finished two-epoch run folder of ``cfg`` (best = epoch 2 weights, epoch 1 weights all zero)."""
-    cfg = resolve_paths(cfg)
-    bundle = build_bundle(cfg)
-    run = RunFolder(run_dir)
-    run.prepare(cfg, bundle)
-    torch.manual_seed(0)
-    net = build_network(cfg.model, bundle.in_channels, bundle.num_classes, cfg.data.dim)
-    save_checkpoint(run.checkpoints, 1, {k: v * 0 for k, v in net.state_dict().items()}, {}, {"epoch": 1})
-    save_checkpoint(run.checkpoints, 2, net.state_dict(), {}, {"epoch": 2})
-    save_best(run.checkpoints, net.state_dict(), {"epoch": 2, "val_dice": 0.5})
+def build_run(untrained_run: Any, cfg: RunConfig, run_dir: Path) -> RunFolder:
+    """Write a finished two-epoch run folder of ``cfg`` (best = epoch 2 weights, epoch 1 weights all zero) on top
+    of the ``untrained_run`` fixture's folder."""
+    run = untrained_run(cfg, run_dir)
+    state = load_file(str(run.best_weights))
+    save_checkpoint(run.checkpoints, 1, {k: v * 0 for k, v in state.items()}, {}, {"epoch": 1})
+    save_checkpoint(run.checkpoints, 2, state, {}, {"epoch": 2})
+    save_best(run.checkpoints, state, {"epoch": 2, "val_dice": 0.5})
     for record in RECORDS:
         run.log(record)
     run.write_summary(SUMMARY)
@@ -42,9 +38,10 @@ def build_run(cfg: RunConfig, run_dir: Path) -> RunFolder:
 
 
 @pytest.fixture(scope="session")
-def built_run(synth2d: Path, make_run_config: Any, tmp_path_factory: pytest.TempPathFactory) -> RunFolder:
+def built_run(synth2d: Path, make_run_config: Any, untrained_run: Any,
+              tmp_path_factory: pytest.TempPathFactory) -> RunFolder:
     """One tiny unet_s1 run folder per session (read-only: tests that change files use ``fresh_run``)."""
-    return build_run(make_run_config(synth2d), tmp_path_factory.mktemp("runs") / "tiny")
+    return build_run(untrained_run, make_run_config(synth2d), tmp_path_factory.mktemp("runs") / "tiny")
 
 
 @pytest.fixture
