@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from medkd.errors import MedkdError
+
+if TYPE_CHECKING:
+    from medkd.data.prepared import PreparedInfo
 
 __all__ = ["app", "main"]
 
@@ -87,10 +91,12 @@ def data_prepare(
     config: Path = typer.Argument(..., help="run config (YAML) whose training samples to prepare"),
     set_: list[str] = typer.Option([], "--set", help="override a config key, e.g. --set data.size=[128,128]"),
 ) -> None:
-    """Build the prepared-sample cache of a 2D run ahead of time (its training slices; see data.prepared)."""
+    """Build the prepared-sample cache of a 2D run ahead of time: its training slices and its whole validation
+    cases (see data.prepared)."""
     from medkd.config import load_config
     from medkd.data.loader import build_bundle
-    from medkd.data.prepared import folder_size, prepared_slices
+    from medkd.data.prepared import prepared_slices
+    from medkd.data.prepared_cases import prepared_cases
     from medkd.errors import ConfigError
     from medkd.run import resolve_paths
 
@@ -108,10 +114,20 @@ def data_prepare(
     images, _, _, info = prepared_slices(cfg.data, bundle.index, bundle.split["train"], bundle.loaded_channels,
                                          progress="preparing training cases" if cfg.train.progress else None,
                                          must_write=True, teacher=bundle.teacher_copy)
-    megabytes = folder_size(info.folder) / 2**20
+    _echo_prepared(info, f"{images.shape[0]} slices of {len(bundle.split['train'])} training cases")
+    if bundle.split["val"]:  # whole validation volumes, read by every validation of the run
+        progress = "preparing validation cases" if cfg.train.progress else None
+        _, val_info = prepared_cases(cfg.data, bundle.index, bundle.split["val"], bundle.channels, progress)
+        if val_info.folder is not None:
+            _echo_prepared(val_info, f"{len(bundle.split['val'])} validation cases")
+
+
+def _echo_prepared(info: PreparedInfo, what: str) -> None:
+    """One line per prepared-cache folder: where, what it holds, its size and whether it was reused."""
+    from medkd.data.prepared import folder_size
+
     state = "reused" if info.reused else "written"
-    typer.echo(f"{info.folder}: {images.shape[0]} slices of {len(bundle.split['train'])} training cases, "
-               f"{megabytes:.1f} MiB ({state})")
+    typer.echo(f"{info.folder}: {what}, {folder_size(info.folder) / 2**20:.1f} MiB ({state})")
 
 
 @app.command("train")

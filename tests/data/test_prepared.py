@@ -209,7 +209,7 @@ def test_cache_folder_defaults_and_refuses_the_dataset_folder(synth2d, make_conf
     assert not (synth2d / "cache").exists()
 
 
-def test_cli_data_prepare_builds_then_reuses(synth2d, make_config, tmp_path, capsys):
+def test_cli_data_prepare_builds_then_reuses(synth2d, make_config, tmp_path, capsys, loads):
     import yaml
 
     from medkd.cli import app, main
@@ -221,10 +221,14 @@ def test_cli_data_prepare_builds_then_reuses(synth2d, make_config, tmp_path, cap
     runner = CliRunner()
     first = runner.invoke(app, ["data", "prepare", str(config), "--set", f"data.prepared_dir={cache}"])
     assert first.exit_code == 0, first.output
-    (folder,) = _folders(cache)
-    assert str(folder) in first.output and "MiB (written)" in first.output
+    folders = _folders(cache)  # the training slices and the whole validation cases
+    assert len(folders) == 2 and all(str(f) in first.output for f in folders)
+    assert first.output.count("MiB (written)") == 2 and "validation cases" in first.output
     second = runner.invoke(app, ["data", "prepare", str(config), "--set", f"data.prepared_dir={cache}"])
-    assert second.exit_code == 0 and "(reused)" in second.output
+    assert second.exit_code == 0 and second.output.count("(reused)") == 2 and _folders(cache) == folders
+    loads.clear()
+    _, info = prepared_cases(*_val_args(make_config, synth2d, cache)[1])  # what a training run's validation reads
+    assert info.reused and info.folder in folders and loads == []
     assert main(["data", "prepare", str(config), "--set", "data.prepared=off"]) == 2
     assert "data.prepared is off" in capsys.readouterr().err
     assert parse_config(make_config(synth2d, data={"root": str(synth2d), "prepared": False})).data.prepared == "off"

@@ -34,6 +34,7 @@ from monai.transforms import (
     ScaleIntensity,
     ScaleIntensityRangePercentiles,
 )
+from monai.utils import convert_to_tensor
 from tqdm.auto import tqdm
 
 from medkd.config import DataConfig
@@ -275,7 +276,8 @@ def resize_image(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if tuple(image.shape[1:]) == tuple(size):
         return image
     mode = "bilinear" if len(size) == 2 else "trilinear"
-    return torch.as_tensor(Resize(spatial_size=tuple(size), mode=mode, anti_aliasing=False)(image))
+    resized = Resize(spatial_size=tuple(size), mode=mode, anti_aliasing=False)(image)
+    return convert_to_tensor(resized, track_meta=False)  # a plain tensor: MetaTensor ops are ~10x slower
 
 
 def resize_label(label: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -283,7 +285,7 @@ def resize_label(label: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if tuple(label.shape[1:]) == tuple(size):
         return label
     out = Resize(spatial_size=tuple(size), mode="nearest")(label.float())
-    return torch.as_tensor(out).round().to(torch.int64)
+    return convert_to_tensor(out, track_meta=False).round().to(torch.int64)
 
 
 def slice_samples(cases: Sequence[PreparedCase], size: Sequence[int], foreground_only: bool = False
