@@ -221,6 +221,9 @@ class OptimizerConfig(_Strict):
     """weight decay"""
     momentum: float = Field(0.9, ge=0)
     """momentum (sgd, rmsprop)"""
+    fused: bool = True
+    """adam, adamw, sgd: one fused kernel per update (PyTorch ``fused=True``; on 2 CPU cores ENet's Adam step takes
+    1.4 ms instead of 11.9 ms); false: PyTorch's default implementation"""
 
 
 class SchedulerConfig(_Strict):

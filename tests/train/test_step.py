@@ -15,7 +15,7 @@ from medkd.distill.segmentation import create_seg_loss
 from medkd.errors import ConfigError
 from medkd.models import FeatureTapper, create_model
 from medkd.run import RunFolder
-from medkd.train.optim import build_optimisers, step_scheduler
+from medkd.train.optim import build_optimisers, fusable, make_optimizer, step_scheduler
 from medkd.train.step import StepContext, StepSettings, train_step
 from medkd.train.trainer import train
 
@@ -110,6 +110,37 @@ def test_build_optimisers_counts_steps_and_refuses_a_batch_larger_than_the_data(
     assert capped.per_epoch == 2 and capped.ascent_opt.defaults["maximize"] is True
     with pytest.raises(ConfigError, match="train.batch_size 4: larger than the 3 training samples"):
         build_optimisers(_optim_config(synth2d, make_config), params, [], n_samples=3)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_fused_updates_match_the_plain_ones_and_can_be_turned_off(synth2d, make_config, name):
+    torch.manual_seed(0)
+    start = [torch.randn(5, 3), torch.randn(4)]
+
+    def run(fused: bool) -> tuple[torch.optim.Optimizer, list[torch.Tensor]]:
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        cfg = _optim_config(synth2d, make_config, optimizer={"name": name, "lr": 0.01, "weight_decay": 1e-4,
+                                                             "fused": fused})
+        opt = make_optimizer(cfg, params)
+        for step in range(5):
+            for p in params:
+                p.grad = torch.sin(p.detach() * (step + 1))
+            opt.step()
+        return opt, [p.detach().clone() for p in params]
+
+    fused, fused_params = run(True)
+    plain, plain_params = run(False)
+    assert fused.defaults["fused"] is True and not plain.defaults["fused"]
+    for a, b in zip(fused_params, plain_params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert all((a - b).abs().min() > 1e-3 for a, b in zip(fused_params, start, strict=True))  # every entry moved
+
+
+def test_rmsprop_and_parameters_on_two_devices_are_not_fused(synth2d, make_config):
+    cfg = _optim_config(synth2d, make_config, optimizer={"name": "rmsprop"})
+    assert not make_optimizer(cfg, [torch.nn.Parameter(torch.zeros(2))]).defaults.get("fused")
+    meta = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2, device="meta"))]
+    assert not fusable(meta) and fusable(meta[:1]) and not fusable([])
 
 
 def test_plateau_schedulers_step_on_validation_only_and_others_on_steps(synth2d, make_config):

@@ -35,6 +35,7 @@ from medkd.distill.segmentation import create_seg_loss
 from medkd.measure.memory import cuda_peak_mib, reset_cuda_peak, rusage_peak_mib
 from medkd.measure.timing import clock, cuda_sync
 from medkd.models import FeatureTapper, create_model
+from medkd.train.optim import fusable
 from medkd.train.step import StepContext, StepSettings, compiled, train_step
 
 __all__ = ["MODES", "OPTIONAL_MODES", "bench_pair", "bench_train", "render_markdown"]
@@ -81,7 +82,7 @@ def bench_pair(teacher_name: str, student_name: str, size: Sequence[int], batch:
 
 def _mode_context(mode: str, student: torch.nn.Module, teacher: torch.nn.Module, num_classes: int,
                   size: Sequence[int], dev: torch.device) -> tuple[StepContext, bool]:
-    """The trainer's step context for ``mode`` (Adam, dice + CE, logits KL at T = 4); whether it is channels-last.
+    """The trainer's step context for ``mode`` (fused Adam, dice + CE, logits KL at T = 4); whether it is channels-last.
 
     ``student_alone`` has no distillation; ``cached`` no live teacher; the optimised modes use bf16 autocast and
     (2D) channels-last; ``live_compiled`` hands both networks, taps registered, to ``torch.compile``.
@@ -100,12 +101,13 @@ def _mode_context(mode: str, student: torch.nn.Module, teacher: torch.nn.Module,
         s_tapper = FeatureTapper(student, ["logits"])
         t_tapper = FeatureTapper(teacher, ["logits"]) if mode != "cached" else None
     compile_mode = "default" if mode == "live_compiled" else "off"
+    params = list(student.parameters())  # the trainer's fused Adam (train.optimizer.fused, on by default)
     ctx = StepContext(
         settings=StepSettings(seg_weight=1.0, amp="bf16" if optimised else "none"),
         model=compiled(student, compile_mode), student=student,
         teacher=compiled(teacher, compile_mode) if t_tapper is not None else None, objective=objective,
         seg_loss=create_seg_loss("dice_ce", num_classes), s_tapper=s_tapper, t_tapper=t_tapper,
-        optimizer=torch.optim.Adam(student.parameters(), lr=1e-3), ascent_opt=None, dev=dev)
+        optimizer=torch.optim.Adam(params, lr=1e-3, fused=fusable(params)), ascent_opt=None, dev=dev)
     return ctx, channels_last
 
 

@@ -10,7 +10,7 @@ import torch
 from medkd.config import RunConfig
 from medkd.errors import ConfigError
 
-__all__ = ["Optimisers", "build_optimisers", "make_optimizer", "make_scheduler", "step_scheduler"]
+__all__ = ["Optimisers", "build_optimisers", "fusable", "make_optimizer", "make_scheduler", "step_scheduler"]
 
 
 @dataclass
@@ -44,13 +44,22 @@ def build_optimisers(cfg: RunConfig, descent: list[torch.nn.Parameter], ascent: 
 def make_optimizer(cfg: RunConfig, params: list[torch.nn.Parameter], maximize: bool = False) -> torch.optim.Optimizer:
     """The optimiser of ``train.optimizer`` over ``params`` (``maximize``: gradient ascent)."""
     o = cfg.train.optimizer
+    fused = {"fused": True} if o.fused and fusable(params) else {}
     if o.name == "adam":
-        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay, maximize=maximize)
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay, maximize=maximize, **fused)
     if o.name == "adamw":
-        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, maximize=maximize)
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, maximize=maximize, **fused)
     if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, maximize=maximize)
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, maximize=maximize,
+                               **fused)
     return torch.optim.RMSprop(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, maximize=maximize)
+
+
+def fusable(params: list[torch.nn.Parameter]) -> bool:
+    """Whether PyTorch's fused update takes ``params``: floating point, all on one CPU or CUDA device."""
+    devices = {p.device for p in params}
+    return len(devices) == 1 and next(iter(devices)).type in ("cpu", "cuda") and all(
+        p.is_floating_point() for p in params)
 
 
 def make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, total_steps: int) -> Any:
