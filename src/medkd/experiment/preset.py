@@ -41,6 +41,7 @@ from medkd.errors import ConfigError, unknown_name_error
 __all__ = [
     "BudgetSpec",
     "ExperimentPreset",
+    "FloorSpec",
     "ModelSpec",
     "ObjectiveSpec",
     "ProtocolSpec",
@@ -146,6 +147,21 @@ class BudgetSpec(_Strict):
     hardware: str = Field("", description="what the budget is sized for, e.g. '2-core CPU, ~30 min'")
 
 
+class FloorSpec(_Strict):
+    """What a budget's networks must reach on their test split before its comparisons mean anything.
+
+    The report checks every budget against these floors ("Did the networks learn?"): a teacher below ``teacher``,
+    or a student alone more than ``student_gap`` below its teacher, means the budget measured networks that had
+    not learned, and the report says so above the tables.
+    """
+
+    teacher: float = Field(..., gt=0, le=1, description="each teacher row's mean test Dice must reach this")
+    group: str | None = Field(None, description="the class / region whose Dice the teacher floor reads (e.g. WT); "
+                                                "default the foreground mean")
+    student_gap: float | None = Field(None, gt=0, le=1, description="each student alone within this many Dice "
+                                                                    "points (as a fraction) of its teacher")
+
+
 class ExperimentPreset(_Strict):
     """A whole study grid (see the module docstring)."""
 
@@ -160,6 +176,7 @@ class ExperimentPreset(_Strict):
     baseline: str = Field("baseline", description="the objective of the student alone, compared against")
     headline: str | None = Field(None, description="the study's full objective (headline comparison)")
     budgets: dict[str, BudgetSpec]
+    floors: FloorSpec | None = Field(None, description="what the networks must reach for a result to count")
 
     @model_validator(mode="after")
     def _check_names(self) -> ExperimentPreset:

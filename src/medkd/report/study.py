@@ -36,6 +36,7 @@ from medkd.report.context import (
 )
 from medkd.report.document import Document
 from medkd.report.figures import plot_training_curves
+from medkd.report.floors import learning_check, learning_lines
 from medkd.report.layouts import LAYOUTS, comparison
 from medkd.report.qualitative import draw_panel
 from medkd.run import RunFolder
@@ -115,11 +116,14 @@ def _closing_note(ctx: ReportContext, stats: dict[str, Any]) -> str:
     rows = {k: v for k, v in stats.items() if isinstance(v, dict) and "wilcoxon" in v}
     if not rows:
         return "No distilled row finished; nothing to conclude."
+    missed = "floors" in stats and not stats["floors"]["met"]
+    prefix = ("The floors were NOT MET (see 'Did the networks learn?'): what follows describes networks that had "
+              "not learned and is no evidence about the methods. ") if missed else ""
     better = [k for k, v in rows.items() if (v["wilcoxon"]["p"] or 1) < 0.05 and (v["wilcoxon"]["delta"] or 0) > 0]
     worse = [k for k, v in rows.items() if (v["wilcoxon"]["p"] or 1) < 0.05 and (v["wilcoxon"]["delta"] or 0) < 0]
     deltas = {k: float(v["delta"]) for k, v in rows.items() if v["delta"] not in (None, "n/a")}
     best = max(deltas, key=deltas.get) if deltas else None
-    text = (f"Of {len(rows)} rows compared with their baseline student ({ctx.index['budget']} budget, "
+    text = prefix + (f"Of {len(rows)} rows compared with their baseline student ({ctx.index['budget']} budget, "
             f"{ctx.index.get('hardware', '?')}), {len(better)} were significantly better and {len(worse)} "
             f"significantly worse (paired Wilcoxon over volumes, p < 0.05); the rest showed no significant difference "
             f"or had too few paired test cases to test.")
@@ -241,8 +245,14 @@ def render_report(folder: str | Path, out: str | Path | None = None, note: str |
     ctx = ReportContext(index, records, _read_preset(folder, out))
     doc = Document(index["title"])
     _preamble(doc, ctx)
-    doc.heading("Headline: baseline student vs the study's full objective (and medkd's recipe) vs the teacher", 2)
     stats: dict[str, Any] = {}
+    floors = learning_check(ctx)
+    if floors is not None:
+        stats["floors"] = floors
+        doc.heading("Did the networks learn?", 2)
+        for line in learning_lines(floors):
+            doc.paragraph(line)
+    doc.heading("Headline: baseline student vs the study's full objective (and medkd's recipe) vs the teacher", 2)
     for line in _headline_summary(ctx, stats) or ["(headline runs not finished)"]:
         doc.paragraph(line)
     LAYOUTS[index.get("study") or "generic"](doc, ctx, stats)
