@@ -29,6 +29,8 @@ class Arm:
     priority: int
     overrides: dict[str, Any] = field(default_factory=dict)
     candidate: bool = False  # a recipe candidate (the recipe is chosen among them on validation)
+    baseline: str = "alone"  # the arm it is compared with: the student alone on the same schedule
+    epochs_factor: int = 1  # times the benchmark's --epochs (a longer schedule, for this arm and its baseline)
 
 
 def merge(*parts: dict[str, Any]) -> dict[str, Any]:
@@ -56,5 +58,12 @@ ARMS = [
     Arm("dist", "DIST T=1 w=1", 3, _kd(DIST)),
     Arm("rec_kl4", "KL T=4 + unlabelled + pseudo-labels (balanced)", 4, merge(UNLABELED, _kd(KL4, PSEUDO, BALANCE))),
     Arm("kl1_u", "KL T=1 + unlabelled (no pseudo-labels, no balance)", 4, merge(UNLABELED, _kd(KL1))),
+    # Priority 5, the patient schedule: distillation is said to need long schedules ("a good teacher is patient and
+    # consistent"); both the student alone and the recipe get 3x the epochs, and each is compared with the other.
+    Arm("alone_x3", "student alone (50%), 3x epochs", 5, epochs_factor=3, baseline="alone_x3"),
+    Arm("rec_cwd_x3", "CWD T=1 + unlabelled + pseudo-labels (balanced), 3x epochs", 5,
+        merge(UNLABELED, _kd(CWD, PSEUDO, BALANCE)), baseline="alone_x3", epochs_factor=3),
 ]
 ARM_BY_NAME = {a.name: a for a in ARMS}
+#: Arms some other arm is compared with: they run the headline's seeds (``--headline-seeds``).
+BASELINES = {a.baseline for a in ARMS}

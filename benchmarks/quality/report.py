@@ -101,7 +101,10 @@ def choose_recipe(best_val: dict[str, float | None], candidates: list[str], stud
             "rule": f"highest mean best-validation Dice over seeds {list(seeds)} of {', '.join(students)}"}
 
 
-def build(raw: dict[str, Any], candidates: list[str], arm_order: list[str]) -> dict[str, Any]:
+def build(raw: dict[str, Any], candidates: list[str], arm_order: list[str],
+          baselines: dict[str, str] | None = None) -> dict[str, Any]:
+    """The tables' numbers: per student, each arm against its baseline arm (``baselines``, default ``alone``)."""
+    baselines = baselines or {}
     runs = raw["runs"]
     teacher = runs.get("teacher")
     teacher_dice = float(np.mean(list(teacher["test_dice"].values()))) if teacher else None
@@ -113,7 +116,8 @@ def build(raw: dict[str, Any], candidates: list[str], arm_order: list[str]) -> d
     result["recipe_choice"] = choice
     for student, arms in sorted(by_student.items()):
         alone = arms.get("alone", {})
-        rows = {name: compare(arms[name], alone, teacher_dice) if name in arms else {"seeds": [], "not_run": True}
+        rows = {name: {**compare(arms[name], arms.get(baselines.get(name, "alone"), {}), teacher_dice),
+                       "baseline": baselines.get(name, "alone")} if name in arms else {"seeds": [], "not_run": True}
                 for name in arm_order}
         if choice is not None and choice["chosen"] in arms:
             fb = with_fallback(arms[choice["chosen"]], alone)
@@ -144,8 +148,8 @@ def render(result: dict[str, Any], labels: dict[str, str]) -> str:
                   f"not compared, runs missing: {', '.join(choice['incomplete']) or 'none'}).", ""]
     for student, block in result["students"].items():
         lines += [f"### {student}", "",
-                  "| arm | seeds | test Dice mean ± std | Δ vs alone (seed-paired) | seed t-test p [95% CI] | "
-                  "wins | hier. bootstrap 95% CI | per-volume Wilcoxon p | gap closed |",
+                  "| arm | seeds | test Dice mean ± std | Δ vs alone, same schedule (seed-paired) | "
+                  "seed t-test p [95% CI] | wins | hier. bootstrap 95% CI | per-volume Wilcoxon p | gap closed |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for name, row in block["rows"].items():
             if row.get("not_run"):
@@ -157,6 +161,8 @@ def render(result: dict[str, Any], labels: dict[str, str]) -> str:
                 _p(st.get("p"))
             bci = bs.get("ci95")
             label = labels.get(name, name)
+            if row.get("baseline", "alone") != "alone":
+                label += f" (vs {labels.get(row['baseline'], row['baseline'])})"
             if name == "recipe":
                 label = f"**medkd recipe** ({labels.get(row['arm'], row['arm'])}, with fallback; fell back on " \
                         f"seeds {row['fallback_seeds'] or 'none'})"
@@ -174,7 +180,8 @@ def write_report(raw_file: Path, out_dir: Path, tag: str | None = None) -> dict[
     from arms import ARM_BY_NAME, ARMS  # benchmarks/quality/arms.py
 
     raw = json.loads(Path(raw_file).read_text())
-    result = build(raw, [a.name for a in ARMS if a.candidate], [a.name for a in ARMS])
+    result = build(raw, [a.name for a in ARMS if a.candidate], [a.name for a in ARMS],
+                   {a.name: a.baseline for a in ARMS})
     tag = tag or Path(raw_file).stem
     labels = {name: arm.label for name, arm in ARM_BY_NAME.items()}
     (out_dir / f"results_{tag}.json").write_text(json.dumps(result, indent=1) + "\n")

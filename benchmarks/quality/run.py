@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from arms import ARM_BY_NAME, ARMS, Arm, merge  # benchmarks/quality/arms.py (beside this file)
+from arms import ARM_BY_NAME, ARMS, BASELINES, Arm, merge  # benchmarks/quality/arms.py (beside this file)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -72,8 +72,9 @@ def teacher_config(data: Path, epochs: int, threads: int, steps_per_epoch: int |
 
 def run_config(arm: Arm, student: str, seed: int, args: argparse.Namespace, teacher: dict[str, Any]
                ) -> dict[str, Any]:
+    epochs = args.epochs * arm.epochs_factor
     cfg = merge({"name": f"{student}-{arm.name}-s{seed}", "seed": seed, "model": {"name": student}},
-                 base_config(args.data, args.epochs, args.threads, args.steps_per_epoch), arm.overrides)
+                 base_config(args.data, epochs, args.threads, args.steps_per_epoch), arm.overrides)
     if "distill" in cfg:
         cfg["distill"] = {"teacher": teacher, "cache": True, **cfg["distill"]}
     return cfg
@@ -143,7 +144,7 @@ def plan(args: argparse.Namespace, teacher: dict[str, Any]) -> list[Job]:
         teacher_cfg = teacher_config(args.data, args.teacher_epochs, args.threads, args.steps_per_epoch)
         jobs.append(Job("teacher", teacher_cfg, -1, False))
     for arm in ARMS:
-        seeds = args.headline_seeds if arm.name == "alone" else args.seeds
+        seeds = args.headline_seeds if arm.name in BASELINES else args.seeds
         for student in args.students:
             for seed in range(seeds):
                 jobs.append(Job(f"{student}-{arm.name}-s{seed}", run_config(arm, student, seed, args, teacher),

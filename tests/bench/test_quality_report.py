@@ -1,0 +1,55 @@
+"""The quality benchmark's report: every arm is compared with the student alone on its own schedule.
+
+``benchmarks/quality/`` is a script folder (not a package); its ``arms.py`` and ``report.py`` are loaded from there.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+QUALITY = Path(__file__).resolve().parents[2] / "benchmarks" / "quality"
+
+
+@pytest.fixture(scope="module")
+def quality():
+    sys.path.insert(0, str(QUALITY))
+    try:
+        yield importlib.import_module("arms"), importlib.import_module("report")
+    finally:
+        sys.path.remove(str(QUALITY))
+
+
+def _run(level: float, seed: int, cases: int = 8) -> dict:
+    return {"test_dice": {f"c{k}": level + 0.01 * k + 0.002 * seed for k in range(cases)},
+            "best_val_dice": level}
+
+
+def test_long_schedule_arms_are_compared_with_the_student_alone_on_the_same_schedule(quality):
+    arms, report = quality
+    levels = {"alone": 0.70, "alone_x3": 0.74, "rec_cwd_x3": 0.77, "rec_cwd": 0.72}
+    raw = {"runs": {f"unet_s1-{arm}-s{s}": _run(level, s) for arm, level in levels.items() for s in range(3)}}
+    result = report.build(raw, [a.name for a in arms.ARMS if a.candidate], [a.name for a in arms.ARMS],
+                          {a.name: a.baseline for a in arms.ARMS})
+    rows = result["students"]["unet_s1"]["rows"]
+    assert rows["rec_cwd_x3"]["baseline"] == "alone_x3" and rows["rec_cwd"]["baseline"] == "alone"
+    assert rows["rec_cwd_x3"]["seed_test"]["delta"] == pytest.approx(0.03)  # not 0.07, its gap to 'alone'
+    assert rows["rec_cwd"]["seed_test"]["delta"] == pytest.approx(0.02)
+    assert "seed_test" not in rows["alone_x3"]  # a baseline is not compared with itself
+    text = report.render(result, {a.name: a.label for a in arms.ARMS})
+    assert "3x epochs (vs student alone (50%), 3x epochs) | 3 | 0.807 ± 0.002 | +0.030 |" in text
+    assert rows["kl1"] == {"seeds": [], "not_run": True}
+
+
+def test_long_arms_train_three_times_the_epochs_and_their_baseline_runs_the_headline_seeds(quality):
+    arms, _ = quality
+    by = arms.ARM_BY_NAME
+    assert by["alone_x3"].epochs_factor == by["rec_cwd_x3"].epochs_factor == 3
+    assert by["rec_cwd_x3"].overrides == by["rec_cwd"].overrides  # the same recipe, only longer
+    assert arms.BASELINES == {"alone", "alone_x3"}
+    assert not by["rec_cwd_x3"].candidate  # the recipe is chosen among same-schedule candidates only
+    assert np.isclose(sum(a.epochs_factor for a in arms.ARMS), len(arms.ARMS) + 4)
