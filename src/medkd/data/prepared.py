@@ -49,8 +49,8 @@ from medkd.data.formats import DatasetIndex
 from medkd.data.pipeline import TeacherCopy, prepare_cases, slice_samples
 from medkd.errors import ConfigError, MedkdError
 
-__all__ = ["FORMAT_VERSION", "PreparedInfo", "cache_root", "checked_root", "fingerprint", "folder_size",
-           "map_npy", "prepared_slices", "publish", "staged_folder"]
+__all__ = ["FORMAT_VERSION", "PreparedInfo", "array_spec", "cache_root", "checked_root", "compact_label_dtype",
+           "fingerprint", "folder_size", "load_checked", "map_npy", "prepared_slices", "publish", "staged_folder"]
 
 FORMAT_VERSION = 1
 #: DataConfig fields that never change the prepared samples of given cases (they choose cases or act later).
@@ -138,8 +138,24 @@ def _sha256(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
 
 
-def _label_dtype(labels: torch.Tensor) -> np.dtype:
-    lo, hi = (int(labels.min()), int(labels.max())) if labels.numel() else (0, 0)
+def array_spec(array: np.ndarray) -> dict[str, Any]:
+    """What ``index.json`` records of a cached array: shape, dtype and sha256 (checked by :func:`load_checked`)."""
+    return {"shape": list(array.shape), "dtype": str(array.dtype), "sha256": _sha256(array)}
+
+
+def load_checked(path: Path, spec: dict[str, Any]) -> np.ndarray | None:
+    """A cached array memory-mapped (:func:`map_npy`), or None when its shape, dtype or content differ from
+    ``spec`` (:func:`array_spec`)."""
+    arr = map_npy(path)
+    if list(arr.shape) != spec["shape"] or str(arr.dtype) != spec["dtype"]:
+        return None
+    return arr if _sha256(arr) == spec["sha256"] else None
+
+
+def compact_label_dtype(labels: np.ndarray | torch.Tensor) -> np.dtype:
+    """The smallest integer type that holds every class index of ``labels`` (the cache stores labels in it)."""
+    size = labels.numel() if isinstance(labels, torch.Tensor) else labels.size
+    lo, hi = (int(labels.min()), int(labels.max())) if size else (0, 0)
     for dt in (np.uint8, np.int8, np.int16, np.int32):
         info = np.iinfo(dt)
         if info.min <= lo and hi <= info.max:
@@ -155,11 +171,8 @@ def _read(folder: Path, fp: str) -> tuple[torch.Tensor, torch.Tensor, list[tuple
             return None
         arrays = {}
         for name in ("images", "labels"):
-            spec = meta[name]
-            arr = map_npy(folder / f"{name}.npy")
-            if list(arr.shape) != spec["shape"] or str(arr.dtype) != spec["dtype"]:
-                return None
-            if _sha256(arr) != spec["sha256"]:
+            arr = load_checked(folder / f"{name}.npy", meta[name])
+            if arr is None:
                 return None
             arrays[name] = arr
         origin = [(str(c), int(z)) for c, z in meta["origin"]]
@@ -184,12 +197,11 @@ def _write(root: Path, fp: str, facts: dict[str, Any], images: torch.Tensor, lab
     """Write a cache folder under ``root`` all or nothing (temporary folder + rename); returns its path."""
     with staged_folder(root, fp) as tmp:
         img = images.numpy().astype(np.float32, copy=False)
-        lab = labels.numpy().astype(_label_dtype(labels))
+        lab = labels.numpy().astype(compact_label_dtype(labels))
         np.save(tmp / "images.npy", img, allow_pickle=False)
         np.save(tmp / "labels.npy", lab, allow_pickle=False)
-        meta = {"format_version": FORMAT_VERSION, "fingerprint": fp,
-                "images": {"shape": list(img.shape), "dtype": str(img.dtype), "sha256": _sha256(img)},
-                "labels": {"shape": list(lab.shape), "dtype": str(lab.dtype), "sha256": _sha256(lab)},
+        meta = {"format_version": FORMAT_VERSION, "fingerprint": fp, "images": array_spec(img),
+                "labels": array_spec(lab),
                 "origin": [[c, int(z)] for c, z in origin], "facts": facts}
         (tmp / "index.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
     return root / fp

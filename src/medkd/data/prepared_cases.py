@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from collections.abc import Sequence
@@ -25,34 +24,18 @@ import numpy as np
 from medkd.config import DataConfig
 from medkd.data.formats import DatasetIndex
 from medkd.data.pipeline import PreparedCase, prepare_cases
-from medkd.data.prepared import FORMAT_VERSION, PreparedInfo, checked_root, fingerprint, map_npy, staged_folder
+from medkd.data.prepared import (
+    FORMAT_VERSION,
+    PreparedInfo,
+    array_spec,
+    checked_root,
+    compact_label_dtype,
+    fingerprint,
+    load_checked,
+    staged_folder,
+)
 
 __all__ = ["prepared_cases"]
-
-
-def _sha256(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
-
-
-def _small_int(label: np.ndarray) -> np.ndarray:
-    lo, hi = (int(label.min()), int(label.max())) if label.size else (0, 0)
-    for dt in (np.uint8, np.int8, np.int16, np.int32):
-        info = np.iinfo(dt)
-        if info.min <= lo and hi <= info.max:
-            return label.astype(dt)
-    return label
-
-
-def _spec(array: np.ndarray) -> dict[str, Any]:
-    return {"shape": list(array.shape), "dtype": str(array.dtype), "sha256": _sha256(array)}
-
-
-def _load(path: Path, spec: dict[str, Any]) -> np.ndarray | None:
-    """One array, or None when its shape, dtype or content do not match ``spec``."""
-    arr = map_npy(path)
-    if list(arr.shape) != spec["shape"] or str(arr.dtype) != spec["dtype"]:
-        return None
-    return arr if _sha256(arr) == spec["sha256"] else None
 
 
 def _read(folder: Path, fp: str) -> list[PreparedCase] | None:
@@ -63,8 +46,8 @@ def _read(folder: Path, fp: str) -> list[PreparedCase] | None:
             return None
         out = []
         for i, rec in enumerate(meta["cases"]):
-            image = _load(folder / f"image_{i:04d}.npy", rec["image"])
-            label = _load(folder / f"label_{i:04d}.npy", rec["label"]) if rec["label"] is not None else None
+            image = load_checked(folder / f"image_{i:04d}.npy", rec["image"])
+            label = load_checked(folder / f"label_{i:04d}.npy", rec["label"]) if rec["label"] is not None else None
             if image is None or (rec["label"] is not None and label is None):
                 return None
             if label is not None:
@@ -82,12 +65,12 @@ def _write(root: Path, fp: str, facts: dict[str, Any], cases: list[PreparedCase]
         records = []
         for i, case in enumerate(cases):
             np.save(tmp / f"image_{i:04d}.npy", case.image, allow_pickle=False)
-            rec = {"id": case.case_id, "site": case.site, "image": _spec(case.image), "label": None,
+            rec = {"id": case.case_id, "site": case.site, "image": array_spec(case.image), "label": None,
                    "affine": np.asarray(case.affine).tolist(), "affine_dtype": str(np.asarray(case.affine).dtype)}
             if case.label is not None:
-                small = _small_int(case.label)
+                small = case.label.astype(compact_label_dtype(case.label))
                 np.save(tmp / f"label_{i:04d}.npy", small, allow_pickle=False)
-                rec.update(label=_spec(small), label_dtype=str(case.label.dtype))
+                rec.update(label=array_spec(small), label_dtype=str(case.label.dtype))
             records.append(rec)
         meta = {"format_version": FORMAT_VERSION, "fingerprint": fp, "cases": records, "facts": facts}
         (tmp / "index.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
