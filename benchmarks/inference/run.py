@@ -2,7 +2,8 @@
 
 Same as ``medkd bench infer --out benchmarks/inference``, with the defaults of the committed results:
 UNet++ and DeepLabV3+ (teachers), ENet, ESPNet, ERFNet and the small U-Net (students), 256 x 256 slices,
-a 256 x 256 x 10 volume, all logical cores, random-init weights (timing does not depend on them).
+a 256 x 256 x 10 volume, all logical cores, random-init weights (timing does not depend on them), each model and
+engine measured in 5 fresh processes (the table gives the median of their medians).
 
 Usage::
 
@@ -26,6 +27,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--processes", type=int, default=5, help="fresh processes per model and engine")
     parser.add_argument("--max-busy", type=float, default=0.1, help="CPU cores other processes may use")
     parser.add_argument("--wait-budget", type=float, default=600.0, help="seconds of waiting / re-runs at most")
     parser.add_argument("--stem", default="inference_cpu", help="output file name stem")
@@ -38,6 +40,7 @@ def main() -> None:
     else:
         result = run_bench(models, size=args.size, depth=args.depth, repeats=args.repeats, threads=args.threads,
                            max_busy=args.max_busy, wait_budget_s=args.wait_budget, stem=args.stem, note=args.note,
+                           processes=args.processes,
                            out=Path(__file__).resolve().parent)
     print(result["markdown"])
 

@@ -334,6 +334,8 @@ def bench_infer_cmd(
     threads: int | None = typer.Option(None, "--threads", min=1, help="torch / onnxruntime threads (default: cores)"),
     max_busy: float | None = typer.Option(None, "--max-busy", help="wait until other processes use fewer CPU "
                                           "cores than this before each measurement; redo disturbed ones"),
+    processes: int = typer.Option(1, "--processes", min=1, help="fresh processes per model and engine; the table "
+                                  "reports the median of their medians"),
     out: Path | None = typer.Option(None, "--out", help="folder for inference_cpu.json / inference_cpu.md"),
 ) -> None:
     """Teacher vs student CPU inference: ms per slice and volume (torch, onnxruntime), peak RSS, file sizes."""
@@ -341,7 +343,7 @@ def bench_infer_cmd(
 
     names = list(DEFAULT_MODELS) if models is None else [m.strip() for m in models.split(",") if m.strip()]
     result = run_bench(names, size=size, depth=depth, repeats=repeats, warmup=warmup, threads=threads,
-                       out=out, max_busy=max_busy)
+                       out=out, max_busy=max_busy, processes=processes)
     typer.echo(result["markdown"])
 
 

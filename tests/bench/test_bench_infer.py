@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medkd.bench.infer import TARGETS, _targets, render_markdown
+from medkd.bench.infer import TARGETS, _combine_processes, _targets, render_markdown
 from medkd.cli import main
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "inference"
@@ -74,3 +74,34 @@ def test_unknown_model_is_a_one_line_error(capsys):
 def test_committed_results_render_to_the_committed_markdown(stem):
     payload = json.loads((RESULTS / f"{stem}.json").read_text())
     assert render_markdown(payload) == (RESULTS / f"{stem}.md").read_text()
+
+
+def test_several_processes_report_the_median_of_their_medians(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", "infer", "--models", "enet", "--size", "32", "--depth", "2", "--repeats", "1",
+                 "--warmup", "0", "--threads", "1", "--processes", "3", "--out", str(out)]) == 0
+    data = json.loads((out / "inference_cpu.json").read_text())
+    assert data["settings"]["processes"] == 3
+    for engine, m in data["models"][0]["engines"].items():
+        per_process = m["ms_per_slice"]["process_medians"]
+        assert len(per_process) == 3 and m["processes"] == 3 and m["attempts"] == 3, engine
+        assert m["ms_per_slice"]["median"] == sorted(per_process)[1] and m["ms_per_slice"]["runs"] == 3
+        assert m["ms_per_slice"]["min"] <= min(per_process)
+        assert len(m["ms_per_volume"]["process_medians"]) == 3
+    md = (out / "inference_cpu.md").read_text()
+    assert "ran in 3 fresh processes" in md and "(median of 3 processes: " in md
+
+
+def test_combining_processes_keeps_the_worst_memory_and_disturbance():
+    def result(ms, rss, others):
+        timing = {"median": ms, "min": ms - 1, "runs": 5}
+        return {"role": "student", "engine": {"ms_per_slice": timing, "ms_per_volume": timing, "peak_rss_mb": rss,
+                                              "base_rss_mb": 10.0, "other_cpu_cores": others, "attempts": 1,
+                                              "waited_s": 2.0, "threads": 2}}
+
+    combined = _combine_processes([result(9.0, 100.0, 0.01), result(7.0, 120.0, None), result(8.0, 90.0, 0.05)])
+    e = combined["engine"]
+    assert e["ms_per_slice"] == {"median": 8.0, "min": 6.0, "runs": 15, "process_medians": [9.0, 7.0, 8.0]}
+    assert e["peak_rss_mb"] == 120.0 and e["other_cpu_cores"] == 0.05 and e["attempts"] == 3 and e["waited_s"] == 6.0
+    assert combined["role"] == "student" and _combine_processes([result(5.0, 1.0, 0.0)])["engine"]["ms_per_slice"][
+        "median"] == 5.0

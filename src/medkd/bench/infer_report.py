@@ -32,6 +32,15 @@ def _table(payload: dict[str, Any]) -> list[str]:
     return markdown_table(head, rows, "ll" + "r" * (len(head) - 2))
 
 
+def _process_medians(payload: dict[str, Any], model: str, engine: str) -> str:
+    """`` (median of N processes: a, b, ... ms)`` for a row measured in several processes, else ``""``."""
+    row = next((r for r in payload["models"] if r["name"] == model), None)
+    medians = None if row is None else row["engines"][engine]["ms_per_slice"].get("process_medians")
+    if not medians:
+        return ""
+    return f" (median of {len(medians)} processes: {', '.join(f'{m:.1f}' for m in medians)} ms)"
+
+
 def _targets(payload: dict[str, Any], size: str) -> list[str]:
     """The issue targets, met or not, per engine."""
     tg, threads = payload["targets"], payload["settings"]["threads"]
@@ -41,7 +50,8 @@ def _targets(payload: dict[str, Any], size: str) -> list[str]:
             met = "met" if entry["ms_target_met"] else "not met"
             lines.append(f"- {tg['student']} <= {tg['max_ms_per_slice']:g} ms per {size} slice on "
                          f"{threads} threads, {_ENGINE_NAMES[engine]}: "
-                         f"{entry['student_ms_per_slice']:.1f} ms — **{met}**.")
+                         f"{entry['student_ms_per_slice']:.1f} ms{_process_medians(payload, tg['student'], engine)}"
+                         f" — **{met}**.")
         if "speedup" in entry:
             met = "met" if entry["speedup_target_met"] else "not met"
             lines.append(f"- {tg['student']} >= {tg['min_speedup']:g}x faster than {tg['teacher']}, "
@@ -62,12 +72,24 @@ def _method(payload: dict[str, Any], size: str) -> list[str]:
         "`runs` in the JSON).",
         f"- Volume: {s['volume']}; median of up to {s['volume_repeats']} runs after {min(1, s['warmup'])} "
         "warm-up run(s).",
-        "- Each model and engine runs in a fresh process; peak RSS is that process's VmHWM right after its timed "
-        "runs (imports + weights + inference). The onnxruntime process imports numpy and onnxruntime only.",
+        _processes_line(s),
         f"- Weights: {s['weights']} (timing does not depend on values); {s['num_classes']} output classes. "
         "PyTorch: eval mode, `torch.inference_mode`. onnxruntime: CPU provider, sequential execution, "
         f"{s['threads']} intra-op threads; ONNX from `medkd.export.export_onnx` (opset 17).",
     ]
+
+
+def _processes_line(settings: dict[str, Any]) -> str:
+    """How many fresh processes measured each model and engine, and what the table reports of them."""
+    n = settings.get("processes", 1)
+    if n == 1:
+        return ("- Each model and engine runs in a fresh process; peak RSS is that process's VmHWM right after its "
+                "timed runs (imports + weights + inference). The onnxruntime process imports numpy and onnxruntime "
+                "only.")
+    return (f"- Each model and engine ran in {n} fresh processes, the engines alternating; the times are the median "
+            "of the processes' medians (`process_medians` in the JSON), the minimum over all runs, and peak RSS the "
+            "largest VmHWM of the processes, read right after their timed runs (imports + weights + inference). "
+            "The onnxruntime processes import numpy and onnxruntime only.")
 
 
 def _machine(payload: dict[str, Any]) -> list[str]:
