@@ -357,10 +357,11 @@ def bench_train_cmd(
     warmup: int = typer.Option(2, "--warmup", min=0),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda (default: cuda if available)"),
     out: Path | None = typer.Option(None, "--out", help="write training_bench.json + .md here"),
-    compile_mode: bool = typer.Option(False, "--compile", help="also time the live teacher under torch.compile"),
+    compile_mode: bool = typer.Option(False, "--compile", help="also time the compiled modes: the live teacher "
+                                      "under torch.compile, the student alone and cached under reduce-overhead"),
 ) -> None:
-    """Distillation training throughput: student alone, live teacher (naive, bf16, compiled with --compile),
-    cached teacher."""
+    """Distillation training throughput: student alone, live teacher (naive, bf16), cached teacher; with --compile
+    also torch.compile (live) and CUDA graphs (student alone, cached)."""
     import json
 
     import torch

@@ -97,3 +97,18 @@ def test_bench_train_compiled_mode_runs_with_inductor_on_cpu():
 def test_bench_train_rejects_unknown_modes():
     with pytest.raises(ValueError, match="unknown benchmark mode"):
         bench_pair("unet_s1", "unet_s1", (32, 32), 2, modes=("student_alone", "turbo"))
+
+
+@pytest.mark.parametrize(("mode", "distils"), [("student_graphs", False), ("cached_graphs", True)])
+def test_graph_modes_compile_the_student_for_cuda_graphs_and_never_run_the_teacher(monkeypatch, mode, distils):
+    import torch
+
+    from medkd.models import create_model
+
+    seen: list[str] = []
+    monkeypatch.setattr(bench_mod, "compiled", lambda module, how: seen.append(how) or module)
+    student, teacher = create_model("unet_s1", 1, 3, 2), create_model("unet_s1", 1, 3, 2)
+    ctx, channels_last = bench_mod._mode_context(mode, student, teacher, 3, (32, 32), torch.device("cpu"))
+    assert seen == ["reduce-overhead"]  # the student only: a cached or absent teacher is never compiled
+    assert ctx.teacher is None and ctx.t_tapper is None and not channels_last
+    assert (ctx.objective is not None) is distils and ctx.settings.amp == "none"

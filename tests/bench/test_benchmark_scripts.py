@@ -43,3 +43,27 @@ def test_losses_machine_record():
 def test_startup():
     record = json.loads((BENCHMARKS / "startup" / "startup_cpu.json").read_text())
     assert _script("startup").render_md(record) == (BENCHMARKS / "startup" / "startup_cpu.md").read_text()
+
+
+def test_student_step_committed_results_render_to_the_committed_markdown():
+    stem = BENCHMARKS / "student_step" / "step_cpu"
+    result = json.loads(stem.with_suffix(".json").read_text())
+    assert _script("student_step").render_markdown(result) == stem.with_suffix(".md").read_text()
+    assert {r["student"] for r in result["rows"]} == {"enet", "espnet", "erfnet", "unet_s1", "enet (native unpool)"}
+
+
+def test_student_step_native_unpool_is_the_same_network_and_restores_enet():
+    import torch
+
+    import medkd.models.enet as enet_module
+
+    run = _script("student_step")
+    original = enet_module.max_pool2x_with_winners
+    assert run.check_native_parity(torch.device("cpu")) < 1e-6
+    assert enet_module.max_pool2x_with_winners is original  # the patch ends with its context
+    step = run.StudentStep(run.NATIVE, torch.device("cpu"))
+    before = [p.detach().clone() for p in step.model.parameters()]
+    step(*run.batch(2, 32, torch.device("cpu")))
+    assert any(not torch.equal(a, b) for a, b in zip(before, step.model.parameters()))  # the step trains
+    prof = run.profile_step(step, run.batch(2, 32, torch.device("cpu")), top=3)
+    assert prof["aten_ops"] > 100 and len(prof["top"]) == 3 and 0 < prof["top"][0]["share"] <= 1

@@ -10,7 +10,11 @@ run; each row also records the step's loss on the first and the last step (``los
 - ``live_optimised``: the live teacher with bf16 autocast and channels-last (2D);
 - ``cached``: teacher logits read from a :class:`~medkd.distill.cache.TeacherCache` on disk instead;
 - ``live_compiled`` (opt-in, see :data:`OPTIONAL_MODES`): ``live_optimised`` with the student and the teacher
-  under ``torch.compile`` (inductor); compilation happens in the warm-up steps, which are not timed.
+  under ``torch.compile`` (inductor); compilation happens in the warm-up steps, which are not timed;
+- ``student_graphs`` and ``cached_graphs`` (opt-in): ``student_alone`` and ``cached`` with the student under
+  ``torch.compile(mode="reduce-overhead")`` (``train.compile: reduce-overhead``): on a GPU its forward and backward
+  replay as CUDA graphs, one launch instead of thousands. A small student's step is launch-bound there (ENet's is
+  about 8,000 ATen operator calls, ``benchmarks/student_step``), so these are the modes for the issue's targets.
 
 Each reports images (or volumes) per second over timed steps after warm-up, and peak memory: GPU
 ``max_memory_allocated`` per mode on CUDA; on CPU the process's peak RSS so far (``ru_maxrss``), which
@@ -41,7 +45,11 @@ from medkd.train.step import StepContext, StepSettings, compiled, train_step
 __all__ = ["MODES", "OPTIONAL_MODES", "bench_pair", "bench_train", "render_markdown"]
 
 MODES = ("student_alone", "live_naive", "live_optimised", "cached")
-OPTIONAL_MODES = ("live_compiled",)
+OPTIONAL_MODES = ("live_compiled", "student_graphs", "cached_graphs")
+#: The ``torch.compile`` mode of each compiled benchmark mode (the others run eager).
+_COMPILE_MODES = {"live_compiled": "default", "student_graphs": "reduce-overhead", "cached_graphs": "reduce-overhead"}
+#: Modes without a distillation term, and modes that read the teacher from the cache.
+_ALONE, _CACHED = ("student_alone", "student_graphs"), ("cached", "cached_graphs")
 
 
 def bench_pair(teacher_name: str, student_name: str, size: Sequence[int], batch: int, device: str = "cpu",
@@ -61,14 +69,14 @@ def bench_pair(teacher_name: str, student_name: str, size: Sequence[int], batch:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         cache = None
-        if "cached" in modes:
+        if any(m in _CACHED for m in modes):
             cache = TeacherCache.build(Path(tmp) / "cache", teacher, inputs, ["logits"], batch_size=batch,
                                        device=dev, log=lambda _: None)
         for mode in modes:
             torch.manual_seed(0)
             student = create_model(student_name, in_channels, num_classes, len(size)).to(dev).train()
             ctx, channels_last = _mode_context(mode, student, teacher, num_classes, size, dev)
-            elapsed, losses = _time_steps(ctx, inputs, labels, cache if mode == "cached" else None, batch, steps,
+            elapsed, losses = _time_steps(ctx, inputs, labels, cache if mode in _CACHED else None, batch, steps,
                                           warmup, channels_last)
             for tapper in (ctx.s_tapper, ctx.t_tapper):
                 if tapper is not None:
@@ -84,8 +92,9 @@ def _mode_context(mode: str, student: torch.nn.Module, teacher: torch.nn.Module,
                   size: Sequence[int], dev: torch.device) -> tuple[StepContext, bool]:
     """The trainer's step context for ``mode`` (fused Adam, dice + CE, logits KL at T = 4); whether it is channels-last.
 
-    ``student_alone`` has no distillation; ``cached`` no live teacher; the optimised modes use bf16 autocast and
-    (2D) channels-last; ``live_compiled`` hands both networks, taps registered, to ``torch.compile``.
+    ``student_alone`` / ``student_graphs`` have no distillation; the cached modes no live teacher; the optimised
+    modes use bf16 autocast and (2D) channels-last; the compiled modes hand their networks, taps registered, to
+    ``torch.compile`` (:data:`_COMPILE_MODES`).
     """
     optimised = mode in ("live_optimised", "live_compiled")
     channels_last = optimised and len(size) == 2
@@ -93,14 +102,14 @@ def _mode_context(mode: str, student: torch.nn.Module, teacher: torch.nn.Module,
         student.to(memory_format=torch.channels_last)
         teacher.to(memory_format=torch.channels_last)
     objective = s_tapper = t_tapper = None
-    if mode != "student_alone":
+    if mode not in _ALONE:
         objective = DistillObjective.from_config([{"loss": "logits_kl", "weight": 1.0, "temperature": 4.0}])
         probe = torch.zeros(1, num_classes, *size)
         objective.setup({"logits": probe}, {"logits": probe})
         objective.to(dev)
         s_tapper = FeatureTapper(student, ["logits"])
-        t_tapper = FeatureTapper(teacher, ["logits"]) if mode != "cached" else None
-    compile_mode = "default" if mode == "live_compiled" else "off"
+        t_tapper = FeatureTapper(teacher, ["logits"]) if mode not in _CACHED else None
+    compile_mode = _COMPILE_MODES.get(mode, "off")
     params = list(student.parameters())  # the trainer's fused Adam (train.optimizer.fused, on by default)
     ctx = StepContext(
         settings=StepSettings(seg_weight=1.0, amp="bf16" if optimised else "none"),
