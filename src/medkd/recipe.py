@@ -83,8 +83,6 @@ def _best_val(run_dir: Path) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-
-
 def choose(alone: Path, distilled: Path, record: Path) -> dict[str, Any]:
     """Keep the ``distilled`` or the ``alone`` run by best validation Dice; write the choice to ``record``.
 
