@@ -1,6 +1,8 @@
 # Shared by the one-call device scripts (benchmarks/quality/gpu.sh, benchmarks/studies/gpu.sh); source it.
 # write_machine_json DIR: the GPU, CPU and torch of this machine -> DIR/machine.json.
 # start_mps SCRATCH: start CUDA MPS when USE_MPS is set (pipes under SCRATCH); falls back to plain CUDA.
+# install_wheels SCRATCH SRC: when WHEELS is set, install the wheels in WHEELS into SCRATCH/site and put that folder
+#   and SRC (medkd's source) on PYTHONPATH; fails (status 3) when pip does.
 
 write_machine_json() {
   python3 - "$1" <<'PY'
@@ -22,4 +24,11 @@ start_mps() {
   else
     echo quit | nvidia-cuda-mps-control 2>/dev/null; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY; echo "MPS off"
   fi
+}
+
+install_wheels() {
+  [ -n "$WHEELS" ] || return 0
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$1/site" \
+    "$WHEELS"/*.whl || return 3
+  export PYTHONPATH=$1/site:$2
 }

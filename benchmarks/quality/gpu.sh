@@ -9,12 +9,8 @@ set -o pipefail
 DATA=$1; OUT=$2; HARD=$3; shift 3
 mkdir -p "$OUT"
 SCRATCH=$(mktemp -d)  # wheels, MPS pipes and (unless WORK is set) the run folders
-source "$(dirname "$0")/../gpu_common.sh"  # write_machine_json, start_mps
-if [ -n "$WHEELS" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SCRATCH/site" \
-    "$WHEELS"/*.whl || exit 3
-  export PYTHONPATH=$SCRATCH/site:$PWD/src
-fi
+source "$(dirname "$0")/../gpu_common.sh"  # write_machine_json, start_mps, install_wheels
+install_wheels "$SCRATCH" "$PWD/src" || exit 3
 export PYTHONUNBUFFERED=1
 WORK=${WORK:-$SCRATCH/work}; mkdir -p "$WORK"
 write_machine_json "$WORK"

@@ -14,13 +14,9 @@ ACDC=$(realpath "$1"); BRATS=$(realpath "$2"); OUT=$(realpath -m "$3"); HARD=$4;
 REPO=$PWD
 mkdir -p "$OUT"
 SCRATCH=$(mktemp -d)  # wheels, MPS pipes, the data links and the experiment folders
-source "$(dirname "$0")/../gpu_common.sh"  # write_machine_json, start_mps
+source "$(dirname "$0")/../gpu_common.sh"  # write_machine_json, start_mps, install_wheels
 export PYTHONPATH=$REPO/src${PYTHONPATH:+:$PYTHONPATH}
-if [ -n "$WHEELS" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SCRATCH/site" \
-    "$WHEELS"/*.whl || exit 3
-  export PYTHONPATH=$SCRATCH/site:$REPO/src
-fi
+install_wheels "$SCRATCH" "$REPO/src" || exit 3
 export PYTHONUNBUFFERED=1
 mkdir -p "$SCRATCH/tree/shared/data" "$SCRATCH/tree/project"
 ln -s "$ACDC" "$SCRATCH/tree/shared/data/acdc"

@@ -11,12 +11,9 @@ set -o pipefail
 OUT=$1
 mkdir -p "$OUT"
 SCRATCH=$(mktemp -d)
-source "$(dirname "$0")/../gpu_common.sh"  # write_machine_json
-if [ -n "$WHEELS" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SCRATCH/site" \
-    "$WHEELS"/*.whl || exit 3
-  export PYTHONPATH=$SCRATCH/site:$PWD/src
-fi
+source "$(dirname "$0")/../gpu_common.sh"  # write_machine_json, install_wheels
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+install_wheels "$SCRATCH" "$PWD/src" || exit 3
 export PYTHONUNBUFFERED=1
 write_machine_json "$OUT"
 timeout "${STEP_LIMIT_S:-120}" python3 benchmarks/student_step/run.py --device cuda --out-dir "$OUT" \
