@@ -88,8 +88,21 @@ def test_several_processes_report_the_median_of_their_medians(tmp_path):
         assert m["ms_per_slice"]["median"] == sorted(per_process)[1] and m["ms_per_slice"]["runs"] == 3
         assert m["ms_per_slice"]["min"] <= min(per_process)
         assert len(m["ms_per_volume"]["process_medians"]) == 3
+    assert data["models"][0]["onnx_mb"] > 0 and data["models"][0]["safetensors_mb"] > 0  # from the first process
     md = (out / "inference_cpu.md").read_text()
     assert "ran in 3 fresh processes" in md and "(median of 3 processes: " in md
+
+
+def test_torch_worker_without_export_writes_no_files(tmp_path):
+    from medkd.bench.infer_torch import measure_torch
+
+    spec = {"model": "enet", "in_channels": 1, "num_classes": 4, "size": 32, "depth": 2, "repeats": 1, "warmup": 0,
+            "volume_repeats": 1, "threads": 1, "max_seconds": 5.0, "check_export": False, "workdir": str(tmp_path)}
+    result = measure_torch({**spec, "export": False})
+    assert result["onnx_mb"] is None and result["safetensors_mb"] is None and not any(tmp_path.iterdir())
+    assert result["engine"]["ms_per_slice"]["median"] > 0
+    exported = measure_torch(spec)
+    assert exported["onnx_mb"] > 0 and (tmp_path / "model.onnx").is_file()
 
 
 def test_combining_processes_keeps_the_worst_memory_and_disturbance():

@@ -253,9 +253,10 @@ def _measure_models(names: Sequence[str], base: dict[str, Any], timeout_s: float
             spec = {"model": name, **base, "workdir": str(work)}
             row_load = load_average()
             runs: dict[str, list[dict[str, Any]]] = {"torch": [], "onnx": []}
-            for _ in range(processes):
+            for process in range(processes):  # the first torch process exports; the others reuse its files
                 for kind in ENGINES:
-                    runs[kind].append(_measure(kind, spec, work, timeout_s, max_busy, retries, deadline))
+                    runs[kind].append(_measure(kind, {**spec, "export": process == 0}, work, timeout_s, max_busy,
+                                               retries, deadline))
             t, o = _combine_processes(runs["torch"]), _combine_processes(runs["onnx"])
             versions.update(torch=t.pop("torch_version"), onnxruntime=o.pop("onnxruntime_version"))
             rows.append({"name": name, "role": t["role"], "params": t["params"],

@@ -1,7 +1,8 @@
 """``bench infer`` worker: a zoo model with PyTorch eager (run as ``python -m medkd.bench.infer_torch SPEC OUT``).
 
 Times a slice and a volume, then saves the ``state_dict`` as safetensors and exports ONNX for the onnxruntime
-worker. The imports are part of the measurement: ``base_rss_mb`` is read with torch loaded, before medkd's model
+worker (only where the spec's ``export`` is true: the first of several processes of one model exports, the
+others reuse its files). The imports are part of the measurement: ``base_rss_mb`` is read with torch loaded, before medkd's model
 zoo; the peak RSS before safetensors and :mod:`medkd.export` (which loads most of medkd) are imported. So
 those imports are made inside :func:`measure_torch`, at those points.
 """
@@ -22,7 +23,8 @@ __all__ = ["measure_torch"]
 
 
 def measure_torch(spec: dict[str, Any]) -> dict[str, Any]:
-    """Build the model, time it with PyTorch eager, then save safetensors and export ONNX into ``workdir``."""
+    """Build the model, time it with PyTorch eager, then (``spec["export"]``, default true) save safetensors and
+    export ONNX into ``workdir``; without the export the file-size keys are ``None``."""
     torch.set_num_threads(spec["threads"])
     base = current_rss_mib()
     from medkd.models import count_parameters, create_model, model_info, normalize_output  # after the base RSS
@@ -39,6 +41,23 @@ def measure_torch(spec: dict[str, Any]) -> dict[str, Any]:
                            min(1, spec["warmup"]), spec["max_seconds"])
     peak = peak_rss_mib()
     threads = torch.get_num_threads()
+    files = _save_and_export(model, slice_x, spec) if spec.get("export", True) else dict.fromkeys(_FILE_KEYS)
+    return {
+        "role": model_info(spec["model"])["role"],
+        "params": count_parameters(model),
+        **files,
+        "torch_version": torch.__version__,
+        "engine": {"ms_per_slice": timing_stats(slice_t), "ms_per_volume": timing_stats(volume_t),
+                   "peak_rss_mb": peak, "base_rss_mb": base, "threads": threads, "imports_torch": True},
+    }
+
+
+#: What :func:`_save_and_export` reports.
+_FILE_KEYS = ("safetensors_mb", "onnx_mb", "onnx_dynamic")
+
+
+def _save_and_export(model: torch.nn.Module, slice_x: torch.Tensor, spec: dict[str, Any]) -> dict[str, Any]:
+    """Save the weights as safetensors and export ONNX into ``workdir``; their sizes and the export's shape mode."""
     work = Path(spec["workdir"])
     from safetensors.torch import save_model  # after the peak RSS, as medkd.export (config, run folder, ...)
 
@@ -46,16 +65,8 @@ def measure_torch(spec: dict[str, Any]) -> dict[str, Any]:
 
     save_model(model, str(work / "model.safetensors"))
     exported = export_onnx_result(model, work / "model.onnx", slice_x, check=spec["check_export"])
-    return {
-        "role": model_info(spec["model"])["role"],
-        "params": count_parameters(model),
-        "safetensors_mb": (work / "model.safetensors").stat().st_size / MIB,
-        "onnx_mb": (work / "model.onnx").stat().st_size / MIB,
-        "onnx_dynamic": exported["dynamic"],
-        "torch_version": torch.__version__,
-        "engine": {"ms_per_slice": timing_stats(slice_t), "ms_per_volume": timing_stats(volume_t),
-                   "peak_rss_mb": peak, "base_rss_mb": base, "threads": threads, "imports_torch": True},
-    }
+    return {"safetensors_mb": (work / "model.safetensors").stat().st_size / MIB,
+            "onnx_mb": (work / "model.onnx").stat().st_size / MIB, "onnx_dynamic": exported["dynamic"]}
 
 
 if __name__ == "__main__":
