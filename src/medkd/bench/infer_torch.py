@@ -2,9 +2,9 @@
 
 Times a slice and a volume, then saves the ``state_dict`` as safetensors and exports ONNX for the onnxruntime
 worker (only where the spec's ``export`` is true: the first of several processes of one model exports, the
-others reuse its files). The imports are part of the measurement: ``base_rss_mb`` is read with torch loaded, before medkd's model
-zoo; the peak RSS before safetensors and :mod:`medkd.export` (which loads most of medkd) are imported. So
-those imports are made inside :func:`measure_torch`, at those points.
+others reuse its files). The imports are part of the measurement: ``base_rss_mb`` is read with torch loaded,
+before medkd's model zoo; the peak RSS before safetensors and :mod:`medkd.export` (which loads most of medkd)
+are imported. So those imports are made inside :func:`measure_torch`, at those points.
 """
 
 from __future__ import annotations
