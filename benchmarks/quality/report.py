@@ -60,6 +60,7 @@ def compare(arm: dict[int, dict[str, Any]], alone: dict[int, dict[str, Any]], te
         "mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
         "best_val_dice": {str(s): arm[s]["best_val_dice"] for s in sorted(arm)},
         "val_collapse": [s for s in sorted(arm) if arm[s].get("val_collapse")],
+        "devices": {str(s): arm[s].get("device") for s in sorted(arm)},
     }
     if arm is alone or not seeds:
         return row
@@ -137,6 +138,28 @@ def _p(p: float | None) -> str:
     return "-" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
 
 
+def _devices_note(devices: dict[str, str | None]) -> str:
+    """`` [cuda: seeds 0, 1, 2; cpu: seeds 3, 4]`` where an arm's seeds ran on more than one kind of device."""
+    by_device: dict[str, list[str]] = {}
+    for seed, device in devices.items():
+        by_device.setdefault(device or "unknown", []).append(seed)
+    if len(by_device) < 2:
+        return ""
+    return " [" + "; ".join(f"{d}: seeds {', '.join(s)}" for d, s in by_device.items()) + "]"
+
+
+def machines_line(raw: dict[str, Any]) -> str:
+    """Where the runs ran: one machine, or each merged file's machine with its number of runs."""
+    def name(m: dict[str, Any]) -> str:
+        return m.get("gpu") or m.get("cpu", "unknown")
+
+    if "machines" not in raw:
+        machine = raw.get("machine", {})
+        return f"Machine: {name(machine)}; {machine.get('note', '')}"
+    parts = [f"{name(m)} ({len(m['runs'])} runs; {m.get('note', '')})" for m in raw["machines"]]
+    return "Machines: " + "; ".join(parts) + ". Per arm, a bracket names the device of each seed where they differ."
+
+
 def render(result: dict[str, Any], labels: dict[str, str]) -> str:
     t = result["teacher"]
     lines = [f"Teacher (monai.UNet 16..256, 2 residual units, 1.6 M, 100% of training patients): test Dice "
@@ -153,7 +176,7 @@ def render(result: dict[str, Any], labels: dict[str, str]) -> str:
                   "|---|---|---|---|---|---|---|---|---|"]
         for name, row in block["rows"].items():
             if row.get("not_run"):
-                lines.append(f"| {labels.get(name, name)} | 0 | not run (device time ran out) | | | | | | |")
+                lines.append(f"| {labels.get(name, name)} | 0 | not run (see the README: What ran) | | | | | | |")
                 continue
             st, bs, wv = row.get("seed_test", {}), row.get("bootstrap", {}), row.get("volume_wilcoxon", {})
             ci = st.get("ci95")
@@ -166,6 +189,7 @@ def render(result: dict[str, Any], labels: dict[str, str]) -> str:
             if name == "recipe":
                 label = f"**medkd recipe** ({labels.get(row['arm'], row['arm'])}, with fallback; fell back on " \
                         f"seeds {row['fallback_seeds'] or 'none'})"
+            label += _devices_note(row.get("devices", {}))
             lines.append(
                 f"| {label} | {len(row['seeds'])} | {_fmt(row['mean'])} ± {_fmt(row['std'])} | "
                 f"{_fmt(st.get('delta'), signed=True)} | {ci_txt} | "
@@ -185,9 +209,7 @@ def write_report(raw_file: Path, out_dir: Path, tag: str | None = None) -> dict[
     tag = tag or Path(raw_file).stem
     labels = {name: arm.label for name, arm in ARM_BY_NAME.items()}
     (out_dir / f"results_{tag}.json").write_text(json.dumps(result, indent=1) + "\n")
-    machine = raw.get("machine", {})
-    head = (f"# Quality benchmark: {tag}\n\nMachine: {machine.get('gpu') or machine.get('cpu', 'unknown')}; "
-            f"{machine.get('note', '')}\n\n")
+    head = f"# Quality benchmark: {tag}\n\n{machines_line(raw)}\n\n"
     (out_dir / f"results_{tag}.md").write_text(head + render(result, labels))
     print(head + render(result, labels))
     return result

@@ -248,6 +248,23 @@ def collect(work: Path) -> dict[str, Any]:
     return {"runs": runs, **extra}
 
 
+def merge_raw(raw_files: list[Path]) -> dict[str, Any]:
+    """Several ``collect`` outputs as one ``raw.json``: runs keyed by name (a name in two files is an error), the
+    first file's schedule and recipe, and under ``machines`` each file's machine with the runs it contributed."""
+    runs: dict[str, Any] = {}
+    machines = []
+    for path in raw_files:
+        raw = json.loads(path.read_text())
+        clash = sorted(set(raw["runs"]) & set(runs))
+        if clash:
+            raise SystemExit(f"error: {path}: runs already in an earlier file: {', '.join(clash)}")
+        runs.update(raw["runs"])
+        machines.append({**raw.get("machine", {}), "source": path.name, "runs": sorted(raw["runs"])})
+    first = json.loads(raw_files[0].read_text())
+    extra = {k: first[k] for k in ("schedule", "recipe", "machine") if k in first}
+    return {"runs": runs, **extra, "machines": machines}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -276,6 +293,9 @@ def main() -> None:
     c = sub.add_parser("collect")
     c.add_argument("--work", type=Path, required=True)
     c.add_argument("--out", type=Path, required=True)
+    m = sub.add_parser("merge", help="several raw.json files (runs of different calls or machines) as one")
+    m.add_argument("raw", type=Path, nargs="+")
+    m.add_argument("--out", type=Path, required=True)
     r = sub.add_parser("report")
     r.add_argument("raw", type=Path)
     r.add_argument("--tag", default=None)
@@ -289,6 +309,10 @@ def main() -> None:
         train_teacher(args)
     elif args.cmd == "collect":
         args.out.write_text(json.dumps(collect(args.work), indent=1))
+    elif args.cmd == "merge":
+        if args.out.resolve() in {f.resolve() for f in args.raw}:
+            raise SystemExit(f"error: {args.out}: the output would replace an input")
+        args.out.write_text(json.dumps(merge_raw(args.raw), indent=1))
     else:
         from report import write_report  # benchmarks/quality/report.py
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -53,3 +54,44 @@ def test_long_arms_train_three_times_the_epochs_and_their_baseline_runs_the_head
     assert arms.BASELINES == {"alone", "alone_x3"}
     assert not by["rec_cwd_x3"].candidate  # the recipe is chosen among same-schedule candidates only
     assert np.isclose(sum(a.epochs_factor for a in arms.ARMS), len(arms.ARMS) + 4)
+
+
+def test_an_arm_whose_seeds_ran_on_two_devices_says_which_seed_ran_where(quality):
+    arms, report = quality
+    runs = {f"enet-{arm}-s{s}": {**_run(level, s), "device": "cuda" if s < 3 else "cpu"}
+            for arm, level in (("alone", 0.70), ("rec_cwd", 0.74)) for s in range(5)}
+    result = report.build({"runs": runs}, ["rec_cwd"], [a.name for a in arms.ARMS],
+                          {a.name: a.baseline for a in arms.ARMS})
+    rows = result["students"]["enet"]["rows"]
+    assert rows["rec_cwd"]["devices"] == {"0": "cuda", "1": "cuda", "2": "cuda", "3": "cpu", "4": "cpu"}
+    text = report.render(result, {a.name: a.label for a in arms.ARMS})
+    assert text.count(" [cuda: seeds 0, 1, 2; cpu: seeds 3, 4] | 5 |") == 3  # alone, the arm, the recipe
+    one_device = {n: {**r, "device": "cuda"} for n, r in runs.items()}
+    assert "[cuda" not in report.render(report.build({"runs": one_device}, ["rec_cwd"], ["rec_cwd"]), {})
+
+
+def test_merging_raw_files_keeps_each_machine_and_refuses_a_run_twice(quality, tmp_path, monkeypatch):
+    _, report = quality
+    monkeypatch.syspath_prepend(str(QUALITY))
+    run = importlib.import_module("run")
+    gpu = {"runs": {"enet-alone-s0": _run(0.7, 0)}, "machine": {"gpu": "NVIDIA H200", "note": "one call"},
+           "recipe": {"chosen": "rec_cwd"}}
+    cpu = {"runs": {"enet-rec_cwd-s3": _run(0.7, 3)}, "machine": {"gpu": None, "cpu": "2-core CPU", "note": "alone"}}
+    (tmp_path / "a.json").write_text(json.dumps(gpu))
+    (tmp_path / "b.json").write_text(json.dumps(cpu))
+    merged = run.merge_raw([tmp_path / "a.json", tmp_path / "b.json"])
+    assert sorted(merged["runs"]) == ["enet-alone-s0", "enet-rec_cwd-s3"] and merged["recipe"] == gpu["recipe"]
+    assert [m["runs"] for m in merged["machines"]] == [["enet-alone-s0"], ["enet-rec_cwd-s3"]]
+    assert report.machines_line(merged).startswith("Machines: NVIDIA H200 (1 runs; one call); 2-core CPU (1 runs;")
+    with pytest.raises(SystemExit, match="b.json: runs already in an earlier file: enet-rec_cwd-s3"):
+        run.merge_raw([tmp_path / "a.json", tmp_path / "b.json", tmp_path / "b.json"])
+
+
+def test_committed_tables_render_from_the_committed_raw_runs(quality):
+    arms, report = quality
+    for md in sorted(QUALITY.glob("results_*.md")):
+        raw = json.loads((QUALITY / f"raw_{md.stem.removeprefix('results_')}.json").read_text())
+        result = report.build(raw, [a.name for a in arms.ARMS if a.candidate], [a.name for a in arms.ARMS],
+                              {a.name: a.baseline for a in arms.ARMS})
+        head = f"# Quality benchmark: {md.stem.removeprefix('results_')}\n\n{report.machines_line(raw)}\n\n"
+        assert md.read_text() == head + report.render(result, {a.name: a.label for a in arms.ARMS}), md.name
