@@ -6,7 +6,7 @@ import torch
 
 from medkd.config import ModelConfig
 from medkd.run import build_network, load_network
-from medkd.train.checkpoint import save_weights
+from medkd.weights import save_weights
 
 
 def test_load_network_restores_the_saved_weights(tmp_path):

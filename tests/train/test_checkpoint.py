@@ -7,16 +7,15 @@ import torch
 from safetensors.torch import load_file
 
 import medkd.train.checkpoint as mod
-from medkd.errors import MedkdError
 from medkd.io import atomic_write, atomic_write_text
 from medkd.train.checkpoint import (
     flatten_state,
     load_checkpoint,
-    load_model_weights,
     save_best,
     save_checkpoint,
     unflatten_state,
 )
+from medkd.weights import load_model_weights
 
 
 def _model():
@@ -83,15 +82,10 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 
 
-def test_best_and_bad_weights(tmp_path):
+def test_best_weights_load_into_a_fresh_network(tmp_path):
     model = _model()
     save_best(tmp_path, model.state_dict(), {"epoch": 1, "val_dice": 0.5})
     fresh = _model()
+    torch.nn.init.zeros_(fresh[0].weight)
     load_model_weights(fresh, tmp_path / "best.safetensors")
-    with pytest.raises(MedkdError, match="weights do not fit the model"):
-        load_model_weights(torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3)), tmp_path / "best.safetensors")
-    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
-    with pytest.raises(MedkdError, match="not a readable safetensors checkpoint"):
-        load_model_weights(fresh, tmp_path / "junk.safetensors")
-    with pytest.raises(MedkdError, match="checkpoint not found"):
-        load_model_weights(fresh, tmp_path / "none.safetensors")
+    assert torch.equal(fresh[0].weight, model[0].weight)

@@ -18,8 +18,8 @@ from medkd.data.splits import carve_validation
 from medkd.errors import ConfigError, MedkdError
 from medkd.run import RunFolder, build_network
 from medkd.train import setup as setup_mod
-from medkd.train.checkpoint import save_weights
 from medkd.train.trainer import train
+from medkd.weights import save_weights
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[str, int]]:

@@ -9,9 +9,9 @@ import torch
 
 from medkd.config import parse_config
 from medkd.run import build_network
-from medkd.train.checkpoint import save_weights
 from medkd.train.setup import build_parts
 from medkd.train.trainer import train
+from medkd.weights import save_weights
 
 
 @pytest.fixture(scope="module")

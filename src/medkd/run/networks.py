@@ -8,7 +8,7 @@ import torch
 
 from medkd.config import ModelConfig
 from medkd.models import create_model
-from medkd.train.checkpoint import load_model_weights
+from medkd.weights import load_model_weights
 
 __all__ = ["build_network", "load_network"]
 

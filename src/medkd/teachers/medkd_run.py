@@ -11,7 +11,7 @@ from medkd.config import TeacherConfig
 from medkd.errors import ConfigError
 from medkd.models import create_model
 from medkd.run import RunFolder
-from medkd.train.checkpoint import load_model_weights
+from medkd.weights import load_model_weights
 
 __all__ = ["check_run_source", "load_model_teacher", "load_run_teacher"]
 

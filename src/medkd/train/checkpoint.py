@@ -26,45 +26,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from medkd.errors import MedkdError
-from medkd.io import atomic_write, atomic_write_json
+from medkd.io import atomic_write_json
+from medkd.weights import plain_tensors, save_weights
 
 __all__ = [
     "flatten_state",
     "load_checkpoint",
-    "load_model_weights",
     "save_best",
     "save_checkpoint",
-    "save_weights",
     "unflatten_state",
 ]
-
-
-def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Atomically save a flat tensor dict as safetensors (tensors made contiguous, shared storage split)."""
-    tensors = _plain(state)
-    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata or {}))
-
-
-def _plain(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """CPU, contiguous copies without shared storage (what safetensors requires)."""
-    return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-
-
-def load_model_weights(model: torch.nn.Module, path: Path, strict: bool = True) -> None:
-    """Load safetensors weights into ``model`` with a clear error when they do not fit."""
-    path = Path(path)
-    if not path.is_file():
-        raise MedkdError(f"{path}: checkpoint not found")
-    try:
-        state = load_file(str(path))
-    except Exception as exc:  # safetensors raises several error types for corrupt files
-        raise MedkdError(f"{path}: not a readable safetensors checkpoint ({exc.__class__.__name__})") from None
-    try:
-        model.load_state_dict(state, strict=strict)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = first[1].strip() if len(first) > 1 else first[0]
-        raise MedkdError(f"{path}: weights do not fit the model ({detail})") from None
 
 
 def flatten_state(obj: Any, prefix: str = "") -> tuple[dict[str, torch.Tensor], Any]:
@@ -130,10 +101,10 @@ def save_checkpoint(ckpt_dir: Path, epoch: int, model_state: dict[str, torch.Ten
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(_plain(model_state), str(tmp / "model.safetensors"))
-    save_file(_plain(extras_state), str(tmp / "extras.safetensors"))
+    save_file(plain_tensors(model_state), str(tmp / "model.safetensors"))
+    save_file(plain_tensors(extras_state), str(tmp / "extras.safetensors"))
     tensors, skeleton = flatten_state(trainer_state)
-    save_file(_plain(tensors), str(tmp / "optimizer.safetensors"))
+    save_file(plain_tensors(tensors), str(tmp / "optimizer.safetensors"))
     (tmp / "state.json").write_text(json.dumps(skeleton))
     if final.exists():
         shutil.rmtree(final)
