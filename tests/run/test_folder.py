@@ -95,13 +95,13 @@ def test_progress_reads_the_checkpoint_pointers(fresh_run):
 
 def test_evaluation_round_trip_for_test_and_other_splits(fresh_run):
     records = [{"case": "a", "site": None, "metrics": {"organ": {"dice": 0.5}}}]
-    out = fresh_run.write_evaluation("test", {"split": "test", "n_cases": 1}, records)
+    out = fresh_run.write_evaluation("test", {"split": "test", "n_cases": 1}, records, "case,dice\na,0.5\n")
     assert out == fresh_run.path / "evaluation"
-    assert (out / "per_case.csv").is_file()
+    assert (out / "per_case.csv").read_text() == "case,dice\na,0.5\n"
     assert fresh_run.evaluation() == {"split": "test", "n_cases": 1} == fresh_run.evaluation("test")
     assert fresh_run.per_case() == records and fresh_run.has_evaluation()
     assert not fresh_run.has_evaluation("val")
-    assert fresh_run.write_evaluation("val", {"split": "val"}, []) == fresh_run.path / "evaluation" / "val"
+    assert fresh_run.write_evaluation("val", {"split": "val"}, [], "") == fresh_run.path / "evaluation" / "val"
     assert fresh_run.evaluation("val") == {"split": "val"} and fresh_run.per_case("val") == []
     assert fresh_run.prediction_path("val", "a") == out / "val" / "predictions" / "a.nii.gz"
     assert (out / "val" / "predictions").is_dir()

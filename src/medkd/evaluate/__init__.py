@@ -9,6 +9,7 @@ from medkd.evaluate.metrics import (
     STATUSES,
     binary_metrics,
     case_metrics,
+    per_case_csv_text,
     region_masks,
     summarize,
     write_per_case_csv,
@@ -28,5 +29,6 @@ __all__ = [
     "paired_wilcoxon",
     "region_masks",
     "summarize",
+    "per_case_csv_text",
     "write_per_case_csv",
 ]

@@ -62,6 +62,7 @@ __all__ = [
     "case_metrics",
     "region_masks",
     "summarize",
+    "per_case_csv_text",
     "write_per_case_csv",
 ]
 
@@ -346,18 +347,14 @@ def _csv_cell(value: Any) -> str:
     return str(value)
 
 
-def write_per_case_csv(records: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Write one row per case and class to ``path`` atomically (temp file, then ``os.replace``).
+def per_case_csv_text(records: Sequence[Mapping[str, Any]]) -> str:
+    """The per-case CSV: one row per case and class.
 
     Columns: ``case, site, class, dice, iou, precision, recall, hd95, status, ref_voxels, pred_voxels``;
     undefined values are empty cells.
 
     Args:
         records: one per case, ``{"case": id, "site": ..., "metrics": case_metrics(...)}``.
-        path: the CSV file to write; its folder is created if needed.
-
-    Returns:
-        The path written.
     """
     recs = _check_records(records)
     buf = io.StringIO()
@@ -368,6 +365,12 @@ def write_per_case_csv(records: Sequence[Mapping[str, Any]], path: str | Path) -
             row = [rec["case"], rec.get("site"), cls, *(m.get(k) for k in METRICS), m.get("status")]
             row += [m.get("ref_voxels"), m.get("pred_voxels")]
             writer.writerow([_csv_cell(v) for v in row])
+    return buf.getvalue()
+
+
+def write_per_case_csv(records: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Write :func:`per_case_csv_text` of ``records`` to ``path`` atomically (its folder is created if needed);
+    returns the path."""
     path = Path(path)
-    atomic_write_text(path, buf.getvalue())
+    atomic_write_text(path, per_case_csv_text(records))
     return path

@@ -22,7 +22,7 @@ from medkd.data.loader import open_dataset
 from medkd.data.nifti_io import write_nifti
 from medkd.data.pipeline import prepare_cases
 from medkd.errors import MedkdError
-from medkd.evaluate.metrics import HD95, case_metrics, summarize
+from medkd.evaluate.metrics import HD95, case_metrics, per_case_csv_text, summarize
 from medkd.evaluate.saved_predictions import panel_cases, save_panel_prediction
 from medkd.inference import predict_volume, predicted_classes
 from medkd.run import RunFolder
@@ -93,7 +93,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, device: str | No
                "channels": info["channels"], "epoch": progress_info["epoch"],
                "finished": progress_info["finished"], "hd95_unit": "mm",
                "hd95_definition": HD95[cfg.evaluate.hd95], **summary}
-    run.write_evaluation(split, summary, records)
+    run.write_evaluation(split, summary, records, per_case_csv_text(records))
     for cid, labels in panel.items():  # the report's qualitative panel reads these instead of predicting again
         save_panel_prediction(run.evaluation_dir(split), case_ids, cid, labels)
     return summary

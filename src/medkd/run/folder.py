@@ -25,8 +25,7 @@ from safetensors import safe_open
 from medkd.config import RunConfig, load_config, save_config
 from medkd.data.loader import open_dataset
 from medkd.errors import DataError, MedkdError
-from medkd.evaluate.metrics import write_per_case_csv
-from medkd.io import atomic_write_json
+from medkd.io import atomic_write_json, atomic_write_text
 from medkd.run.files import (
     BEST_WEIGHTS,
     CHECKPOINTS_DIR,
@@ -170,11 +169,12 @@ class RunFolder:
         """Remove ``train_summary.json`` (a resumed run trains on)."""
         self.summary_path.unlink(missing_ok=True)
 
-    def write_evaluation(self, split: str, summary: dict[str, Any], records: list[dict[str, Any]]) -> Path:
-        """Write the evaluation of ``split`` (``per_case.csv``, ``summary.json``, ``per_case.json``); returns its
-        folder."""
+    def write_evaluation(self, split: str, summary: dict[str, Any], records: list[dict[str, Any]],
+                         per_case_csv: str) -> Path:
+        """Write the evaluation of ``split`` (``per_case.csv`` from its text, ``summary.json``, ``per_case.json``);
+        returns its folder. The CSV's text comes from :func:`medkd.evaluate.metrics.per_case_csv_text`."""
         out_dir = self.evaluation_dir(split)
-        write_per_case_csv(records, out_dir / EVAL_PER_CASE_CSV)
+        atomic_write_text(out_dir / EVAL_PER_CASE_CSV, per_case_csv)
         atomic_write_json(out_dir / EVAL_SUMMARY, summary)
         atomic_write_json(out_dir / EVAL_PER_CASE, records)
         return out_dir
