@@ -64,6 +64,11 @@ ARMS = [
     Arm("rec_cwd_x3", "CWD T=1 + unlabelled + pseudo-labels (balanced), 3x epochs", 5,
         merge(UNLABELED, _kd(CWD, PSEUDO, BALANCE)), baseline="alone_x3", epochs_factor=3),
 ]
+# Priority 6, strong perturbation: the images without labels CutMix-ed (distill.cutmix) with the teacher's cached
+# outputs mixed alike; the recipe otherwise. Not a recipe candidate: it asks whether the small student takes more
+# from the teacher on images it has never seen whole.
+ARMS.append(Arm("rec_cwd_mix", "CWD T=1 + unlabelled, CutMix + pseudo-labels (balanced)", 6,
+                merge(UNLABELED, _kd(CWD, PSEUDO, BALANCE, {"cutmix": {"prob": 0.5, "area": 0.5}}))))
 ARM_BY_NAME = {a.name: a for a in ARMS}
 #: Arms some other arm is compared with: they run the headline's seeds (``--headline-seeds``).
 BASELINES = {a.baseline for a in ARMS}

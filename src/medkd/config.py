@@ -25,6 +25,7 @@ from medkd.io import atomic_write_text
 __all__ = [
     "AugmentConfig",
     "BalanceConfig",
+    "CutMixConfig",
     "DataConfig",
     "DistillConfig",
     "EvaluateConfig",
@@ -366,6 +367,18 @@ class BalanceConfig(_Strict):
     """smoothing of the scales between measurements"""
 
 
+class CutMixConfig(_Strict):
+    """CutMix on images without labels (medkd's addition, after French et al., BMVC 2020, "Semi-supervised semantic
+    segmentation needs strong, varied perturbations"): a box of another image without labels is pasted into an
+    image, and the teacher's outputs, cached or live, are mixed with the same box, so the student matches the
+    teacher on images it has never seen whole. Labelled images are never mixed."""
+
+    prob: float = Field(0.5, gt=0.0, le=1.0)
+    """chance that an image without labels gets a box pasted in"""
+    area: float = Field(0.5, gt=0.0, lt=1.0)
+    """the box's share of the image (its aspect ratio is drawn between 1:2 and 2:1)"""
+
+
 class DistillConfig(_Strict):
     """Distillation terms added to the segmentation loss (see ``medkd losses``)."""
 
@@ -374,6 +387,7 @@ class DistillConfig(_Strict):
     """distillation terms: {loss, weight, tap, options...} (medkd losses lists them)"""
     pseudo_label: PseudoLabelConfig | None = None
     balance: BalanceConfig | None = None
+    cutmix: CutMixConfig | None = None
     cache: bool = Field(False, description="compute the teacher's outputs once (float16, on disk) and reuse them")
     cache_dir: str | None = Field(None, description="cache folder (default: RUN/teacher_cache)")
 
@@ -425,6 +439,9 @@ class RunConfig(_Strict):
         if self.distill is not None and self.distill.pseudo_label is not None and not uses_unlabeled:
             raise ValueError("distill.pseudo_label needs images without labels (data.unlabeled or "
                              "data.unlabeled_left_out)")
+        if self.distill is not None and self.distill.cutmix is not None and not uses_unlabeled:
+            raise ValueError("distill.cutmix mixes images without labels: set data.unlabeled or "
+                             "data.unlabeled_left_out")
         return self
 
 

@@ -95,3 +95,21 @@ def test_committed_tables_render_from_the_committed_raw_runs(quality):
                               {a.name: a.baseline for a in arms.ARMS})
         head = f"# Quality benchmark: {md.stem.removeprefix('results_')}\n\n{report.machines_line(raw)}\n\n"
         assert md.read_text() == head + report.render(result, {a.name: a.label for a in arms.ARMS}), md.name
+
+
+def test_every_arm_makes_a_run_config_medkd_accepts(quality, monkeypatch):
+    import argparse
+
+    from medkd.config import parse_config
+
+    arms, _ = quality
+    monkeypatch.syspath_prepend(str(QUALITY))
+    run = importlib.import_module("run")
+    args = argparse.Namespace(data=Path("acdc128"), epochs=60, threads=1, steps_per_epoch=None)
+    teacher = {"model": run.TEACHER_MODEL, "checkpoint": "teacher.safetensors"}
+    for arm in arms.ARMS:
+        cfg = parse_config(run.run_config(arm, "unet_s1", 0, args, teacher))
+        assert cfg.train.epochs == 60 * arm.epochs_factor, arm.name
+        assert (cfg.distill is not None) == ("distill" in arm.overrides), arm.name
+    mixed = parse_config(run.run_config(arms.ARM_BY_NAME["rec_cwd_mix"], "enet", 3, args, teacher))
+    assert mixed.distill.cutmix.prob == 0.5 and mixed.data.unlabeled_left_out and mixed.distill.cache

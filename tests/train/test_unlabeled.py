@@ -9,10 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 import medkd.data.check as check_mod
 import medkd.data.loader as loader_mod
 import medkd.data.pipeline as pipeline_mod
+import medkd.train.trainer as trainer_mod
 from medkd.config import parse_config
 from medkd.data.synthetic import generate_dataset
 from medkd.errors import ConfigError
@@ -238,6 +240,10 @@ def test_config_errors_name_the_key(synth2d, make_config, tmp_path):
     folder_no_distill["data"]["unlabeled"] = str(tmp_path)
     assert "data.unlabeled" in _error(folder_no_distill)
 
+    no_images_to_mix = make_config(synth2d)
+    no_images_to_mix["distill"] = {"teacher": teacher, "terms": [dict(KL)], "cutmix": {"prob": 0.5}}
+    assert "distill.cutmix" in _error(no_images_to_mix)
+
     # the valid combinations parse
     ok = make_config(synth2d)
     ok["data"].update(unlabeled_left_out=True, train_fraction=0.5)
@@ -266,6 +272,30 @@ def test_cached_and_live_teacher_agree_on_unlabelled_images(synth2d, teacher_run
         assert cached[KD] == pytest.approx(live[KD], rel=5e-3, abs=1e-4)
         assert cached["pseudo_label"] == pytest.approx(live["pseudo_label"], rel=5e-3, abs=2e-3)
         assert cached["pseudo_label_kept"] == pytest.approx(live["pseudo_label_kept"], abs=0.01)
+
+
+def test_cutmix_mixes_the_images_without_labels_only(synth2d, teacher_run, tmp_path, make_config, monkeypatch):
+    """Same seed with and without distill.cutmix: the first step's labelled images are identical, its images
+    without labels and the cached teacher logits are not; both runs train to the end."""
+    firsts: dict[str, tuple] = {}
+    real_step = trainer_mod.train_step
+
+    def spy(ctx, batch, n_labelled, cached=None, measure=False):
+        firsts.setdefault(name, (batch["image"].clone(), n_labelled, cached["logits"].clone()))
+        return real_step(ctx, batch, n_labelled, cached, measure)
+
+    monkeypatch.setattr(trainer_mod, "train_step", spy)
+    for mix in (None, {"prob": 1.0, "area": 0.5}):
+        distill = {"cache": True, "pseudo_label": {"weight": 1.0, "threshold": 0.5}, **({"cutmix": mix} if mix else {})}
+        data = _kd_dict(make_config, synth2d, teacher_run, data={"train_fraction": 0.5, "unlabeled_left_out": True},
+                        distill=distill, train={"batch_size": 4})
+        name = "cutmix" if mix else "plain"
+        assert math.isfinite(train(parse_config(data), tmp_path / name, device="cpu").final_loss)
+    (plain, n_lab, plain_t), (mixed, n_lab2, mixed_t) = firsts["plain"], firsts["cutmix"]
+    assert n_lab == n_lab2 == 4 and plain.shape == mixed.shape and plain.shape[0] > n_lab
+    assert torch.equal(mixed[:n_lab], plain[:n_lab]) and torch.equal(mixed_t[:n_lab], plain_t[:n_lab])
+    for i in range(n_lab, plain.shape[0]):
+        assert not torch.equal(mixed[i], plain[i]) and not torch.equal(mixed_t[i], plain_t[i])
 
 
 # ------------------------------------------------------------------------------------------------------------

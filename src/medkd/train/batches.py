@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from medkd.config import CutMixConfig
 from medkd.data.augment import apply_ops, augment_batch
+from medkd.train.cutmix import cutmix_unlabelled
 from medkd.train.setup import TrainingParts
 
 __all__ = ["assemble_batch", "to_device"]
@@ -40,7 +42,23 @@ def assemble_batch(parts: TrainingParts, indices: torch.Tensor, images: torch.Te
     if parts.cache is not None:
         cached = {k: apply_ops(v.to(dev, non_blocking=True), batch["augment_ops"])
                   for k, v in parts.cache.get(keys).items()}
-    batch = {k: to_device(v, dev, parts.memory_format) for k, v in batch.items() if k != "augment_ops"}
+    batch = {k: v for k, v in batch.items() if k != "augment_ops"}
+    cutmix = cfg.distill.cutmix if cfg.distill is not None else None
+    if cutmix is not None:
+        batch, cached = _cutmix(batch, cached, len(indices), cutmix, gen)
+    batch = {k: to_device(v, dev, parts.memory_format) for k, v in batch.items()}
+    return batch, cached
+
+
+def _cutmix(batch: dict[str, torch.Tensor], cached: dict[str, torch.Tensor] | None, n_labelled: int,
+            cfg: CutMixConfig, gen: torch.Generator
+            ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """The batch and the cached teacher outputs with the images without labels mixed by the same boxes."""
+    named = {**batch, **{f"cached/{k}": v for k, v in (cached or {}).items()}}
+    mixed = cutmix_unlabelled(named, n_labelled, cfg, gen)
+    batch = {k: v for k, v in mixed.items() if not k.startswith("cached/")}
+    if cached is not None:
+        cached = {k.removeprefix("cached/"): v for k, v in mixed.items() if k.startswith("cached/")}
     return batch, cached
 
 
