@@ -111,10 +111,15 @@ def _launch(job: Job, work: Path, device: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] start {job.name}", flush=True)
 
 
-def _expected_seconds(jobs: list[Job], default: float) -> float:
-    """How long a student run takes here: the longest finished one so far (x 1.1), else ``default``."""
-    times = [j.finished - j.started for j in jobs if j.status == "done" and j.name != "teacher" and j.finished]
-    return 1.1 * max(times) if times else default
+def _expected_seconds(jobs: list[Job], job: Job, default: float) -> float:
+    """How long ``job`` takes here: the slowest finished run of the same student (else of any student), per epoch,
+    times ``job``'s epochs, x 1.1; ``default`` until a run has finished."""
+    done = [j for j in jobs if j.status == "done" and j.name != "teacher" and j.finished]
+    same = [j for j in done if j.name.split("-")[0] == job.name.split("-")[0]] or done
+    if not same:
+        return default
+    per_epoch = max((j.finished - j.started) / j.config["train"]["epochs"] for j in same)
+    return 1.1 * per_epoch * job.config["train"]["epochs"]
 
 
 def _best_val(work: Path, name: str) -> float | None:
@@ -190,15 +195,16 @@ def schedule(args: argparse.Namespace) -> None:
                 if j.needs_teacher:
                     j.status = "skipped"
         slots = args.parallel - sum(j.status == "running" for j in jobs)
-        can_launch = now <= args.deadline and now + _expected_seconds(jobs, args.expected_seconds) <= args.hard_deadline
-        for job in pending:
-            if slots <= 0 or not can_launch:
+        fits = [j for j in pending if j.status == "pending" and now <= args.deadline
+                and now + _expected_seconds(jobs, j, args.expected_seconds) <= args.hard_deadline]
+        for job in fits:
+            if slots <= 0:
                 break
-            if job.status == "pending" and (teacher_done or not job.needs_teacher):
+            if teacher_done or not job.needs_teacher:
                 _launch(job, work, args.device)
                 slots -= 1
         running = any(j.status == "running" for j in jobs)
-        if not running and (not can_launch or not any(j.status == "pending" for j in jobs)):
+        if not running and not any(j.status == "pending" for j in fits):
             break
         time.sleep(2)
     summary = {j.name: j.status for j in jobs}

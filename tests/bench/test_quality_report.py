@@ -113,3 +113,20 @@ def test_every_arm_makes_a_run_config_medkd_accepts(quality, monkeypatch):
         assert (cfg.distill is not None) == ("distill" in arm.overrides), arm.name
     mixed = parse_config(run.run_config(arms.ARM_BY_NAME["rec_cwd_mix"], "enet", 3, args, teacher))
     assert mixed.distill.cutmix.prob == 0.5 and mixed.data.unlabeled_left_out and mixed.distill.cache
+
+
+def test_a_run_is_expected_to_take_what_runs_of_its_student_took_per_epoch(monkeypatch):
+    monkeypatch.syspath_prepend(str(QUALITY))
+    run = importlib.import_module("run")
+
+    def job(name, epochs, seconds=None):
+        j = run.Job(name, {"train": {"epochs": epochs}}, 1, True)
+        if seconds is not None:
+            j.status, j.started, j.finished = "done", 100.0, 100.0 + seconds
+        return j
+
+    jobs = [job("enet-rec_cwd-s3", 60, 2400), job("unet_s1-alone-s0", 60, 600), job("teacher", 60, 9000)]
+    assert run._expected_seconds(jobs, job("unet_s1-rec_cwd_x3-s0", 180), 5) == pytest.approx(1.1 * 1800)
+    assert run._expected_seconds(jobs, job("enet-rec_cwd-s4", 60), 5) == pytest.approx(1.1 * 2400)
+    assert run._expected_seconds(jobs, job("erfnet-alone-s0", 30), 5) == pytest.approx(1.1 * 1200)  # any student
+    assert run._expected_seconds(jobs[2:], job("enet-alone-s0", 60), 5) == 5  # the teacher does not count
