@@ -12,6 +12,10 @@ student (ENet, ESPNet, ERFNet, the thesis' small U-Net) it records:
   overhead, what CUDA graphs (``train.compile: reduce-overhead``) remove;
 - **top operators** by self CPU time in one profiled step, with their share.
 
+Every student also runs under bf16 autocast (the rows ``<student> (bf16)``), as ``train.amp: bf16`` runs it: the
+forward pass and the loss under ``torch.autocast`` (the logits cast back to float32 for the loss), backward and
+the update outside it. On a CPU with AMX (Intel Sapphire Rapids and newer) oneDNN runs bf16 convolutions on it.
+
 ENet also runs with PyTorch's native ``max_pool2d(return_indices=True)`` / ``max_unpool2d`` in place of medkd's
 winners + one-hot unpool (the row ``enet (native unpool)``; its forward is checked equal to ENet's first). That
 answers whether training should switch to the native pair; ``max_unpool2d`` has no deterministic CUDA kernel
@@ -44,6 +48,7 @@ from medkd.measure.timing import clock, cuda_sync
 HERE = Path(__file__).resolve().parent
 STUDENTS = ("enet", "espnet", "erfnet", "unet_s1")
 NATIVE = "enet (native unpool)"
+AMP = "bf16"  # the autocast dtype of the extra rows (``train.amp``)
 IN_CHANNELS, NUM_CLASSES = 1, 4
 TINY = (1, 32)  # batch, size of the fixed-cost step
 WORTH_A_SECOND_PATH = 0.10  # the native unpool must save this share of ENet's step to be worth a training-only path
@@ -87,12 +92,13 @@ def use_native_unpool(model: torch.nn.Module) -> torch.nn.Module:
 class StudentStep:
     """One student, its loss and fused Adam; :meth:`__call__` runs one training step on the given batch."""
 
-    def __init__(self, name: str, device: torch.device) -> None:
+    def __init__(self, name: str, device: torch.device, amp: str = "none") -> None:
         from medkd.distill.segmentation import create_seg_loss
         from medkd.models import create_model
 
         torch.manual_seed(0)
-        self.name = name
+        self.name = name if amp == "none" else f"{name} ({amp})"
+        self.amp, self.device = amp, device
         self.native = name == NATIVE
         model = create_model("enet" if self.native else name, IN_CHANNELS, NUM_CLASSES, 2)
         self.model = (use_native_unpool(model) if self.native else model).to(device).train()
@@ -105,9 +111,13 @@ class StudentStep:
         return native_pooling() if self.native else contextlib.nullcontext()
 
     def __call__(self, image: torch.Tensor, label: torch.Tensor) -> None:
+        from medkd.train.step import autocast
+
         with self.context():
             self.opt.zero_grad(set_to_none=True)
-            self.loss(self.model(image), label).backward()
+            with autocast(self.amp, self.device):
+                loss = self.loss(self.model(image).float(), label)
+            loss.backward()
             self.opt.step()
 
 
@@ -163,6 +173,7 @@ def profile_step(step: Callable[..., None], data: tuple[torch.Tensor, torch.Tens
 def run(device: torch.device, size: int, batch_size: int, rounds: int, warmup: int, top: int) -> dict[str, Any]:
     """Every student's step: timing at the benchmark's size and at the tiny size, operator counts, top operators."""
     steps = [StudentStep(name, device) for name in (*STUDENTS, NATIVE)]
+    steps += [StudentStep(name, device, AMP) for name in STUDENTS]
     data, tiny = batch(batch_size, size, device), batch(TINY[0], TINY[1], device)
     times = time_steps(steps, data, rounds, warmup, device)
     fixed = time_steps(steps, tiny, rounds, warmup, device)
@@ -206,6 +217,8 @@ def render_markdown(result: dict[str, Any]) -> str:
                          for t in r["top"])
         lines.append(f"- **{r['student']}**: {tops}.")
     lines += ["", "## Native max_unpool2d in ENet", "", unpool_verdict(result)]
+    if any(r["student"].endswith(f"({AMP})") for r in result["rows"]):
+        lines += ["", f"## {AMP} autocast (`train.amp: {AMP}`)", "", amp_verdict(result)]
     return "\n".join(lines) + "\n"
 
 
@@ -223,6 +236,16 @@ def unpool_verdict(result: dict[str, Any]) -> str:
                            "deterministic CUDA kernel.")
     return measured + (f"Under {100 * WORTH_A_SECOND_PATH:.0f}% faster: medkd keeps its winners + one-hot unpool in "
                        "training and export (`max_unpool2d` also has no deterministic CUDA kernel).")
+
+
+def amp_verdict(result: dict[str, Any]) -> str:
+    """Each student's step under autocast against its float32 step."""
+    by = {r["student"]: r for r in result["rows"]}
+    pairs = [(name, by[name], by[f"{name} ({AMP})"]) for name in STUDENTS if f"{name} ({AMP})" in by]
+    ratios = ", ".join(f"{name} {fp32['step_ms'] / low['step_ms']:.2f}x ({low['step_ms']:.1f} vs "
+                       f"{fp32['step_ms']:.1f} ms)" for name, fp32, low in pairs)
+    return (f"Speed-up of the step under {AMP} autocast over float32: {ratios}. Speed only: whether a student "
+            f"trained under {AMP} reaches the same Dice is not measured here.")
 
 
 def main() -> None:

@@ -263,7 +263,8 @@ class TrainConfig(_Strict):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     seg_loss: SegLossConfig = Field(default_factory=SegLossConfig)
     amp: Literal["none", "bf16", "fp16"] = "none"
-    """mixed precision on GPUs"""
+    """mixed precision (autocast): bf16 on GPUs and CPUs (a CPU with AMX runs bf16 convolutions on it), fp16 on
+    GPUs"""
     channels_last: bool = Field(False, description="2D: NHWC memory format for the networks and batches (GPU)")
     compile: Literal["off", "default", "reduce-overhead", "max-autotune", "aot_eager"] = Field(
         "off", description="torch.compile the student and the live teacher: a mode of the inductor backend, or "

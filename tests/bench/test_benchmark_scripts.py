@@ -49,7 +49,21 @@ def test_student_step_committed_results_render_to_the_committed_markdown():
     stem = BENCHMARKS / "student_step" / "step_cpu"
     result = json.loads(stem.with_suffix(".json").read_text())
     assert _script("student_step").render_markdown(result) == stem.with_suffix(".md").read_text()
-    assert {r["student"] for r in result["rows"]} == {"enet", "espnet", "erfnet", "unet_s1", "enet (native unpool)"}
+    students = {"enet", "espnet", "erfnet", "unet_s1"}
+    bf16 = {f"{s} (bf16)" for s in students}
+    assert {r["student"] for r in result["rows"]} == students | {"enet (native unpool)"} | bf16
+
+
+def test_student_step_under_bf16_autocast_trains_and_names_its_row():
+    import torch
+
+    run = _script("student_step")
+    step = run.StudentStep("unet_s1", torch.device("cpu"), run.AMP)
+    assert step.name == "unet_s1 (bf16)"
+    before = [p.detach().clone() for p in step.model.parameters()]
+    step(*run.batch(2, 32, torch.device("cpu")))
+    assert all(p.dtype == torch.float32 for p in step.model.parameters())  # autocast keeps float32 weights
+    assert any(not torch.equal(a, b) for a, b in zip(before, step.model.parameters()))
 
 
 def test_student_step_native_unpool_is_the_same_network_and_restores_enet():
