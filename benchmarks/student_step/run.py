@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from medkd.measure.machine import machine_info, utc_now
 from medkd.measure.tables import markdown_table
 from medkd.measure.timing import clock, cuda_sync
+from medkd.train.step import autocast
 
 HERE = Path(__file__).resolve().parent
 STUDENTS = ("enet", "espnet", "erfnet", "unet_s1")
@@ -97,7 +98,7 @@ class StudentStep:
         from medkd.models import create_model
 
         torch.manual_seed(0)
-        self.name = name if amp == "none" else f"{name} ({amp})"
+        self.name = name if amp == "none" else amp_row(name, amp)
         self.amp, self.device = amp, device
         self.native = name == NATIVE
         model = create_model("enet" if self.native else name, IN_CHANNELS, NUM_CLASSES, 2)
@@ -111,8 +112,6 @@ class StudentStep:
         return native_pooling() if self.native else contextlib.nullcontext()
 
     def __call__(self, image: torch.Tensor, label: torch.Tensor) -> None:
-        from medkd.train.step import autocast
-
         with self.context():
             self.opt.zero_grad(set_to_none=True)
             with autocast(self.amp, self.device):
@@ -217,7 +216,7 @@ def render_markdown(result: dict[str, Any]) -> str:
                          for t in r["top"])
         lines.append(f"- **{r['student']}**: {tops}.")
     lines += ["", "## Native max_unpool2d in ENet", "", unpool_verdict(result)]
-    if any(r["student"].endswith(f"({AMP})") for r in result["rows"]):
+    if any(r["student"] == amp_row(name) for r in result["rows"] for name in STUDENTS):
         lines += ["", f"## {AMP} autocast (`train.amp: {AMP}`)", "", amp_verdict(result)]
     return "\n".join(lines) + "\n"
 
@@ -238,10 +237,15 @@ def unpool_verdict(result: dict[str, Any]) -> str:
                        "training and export (`max_unpool2d` also has no deterministic CUDA kernel).")
 
 
+def amp_row(student: str, amp: str = AMP) -> str:
+    """The row name of ``student``'s step under ``amp`` autocast."""
+    return f"{student} ({amp})"
+
+
 def amp_verdict(result: dict[str, Any]) -> str:
     """Each student's step under autocast against its float32 step."""
     by = {r["student"]: r for r in result["rows"]}
-    pairs = [(name, by[name], by[f"{name} ({AMP})"]) for name in STUDENTS if f"{name} ({AMP})" in by]
+    pairs = [(name, by[name], by[amp_row(name)]) for name in STUDENTS if amp_row(name) in by]
     ratios = ", ".join(f"{name} {fp32['step_ms'] / low['step_ms']:.2f}x ({low['step_ms']:.1f} vs "
                        f"{fp32['step_ms']:.1f} ms)" for name, fp32, low in pairs)
     return (f"Speed-up of the step under {AMP} autocast over float32: {ratios}. Speed only: whether a student "
