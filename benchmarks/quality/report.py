@@ -61,6 +61,7 @@ def compare(arm: dict[int, dict[str, Any]], alone: dict[int, dict[str, Any]], te
         "best_val_dice": {str(s): arm[s]["best_val_dice"] for s in sorted(arm)},
         "val_collapse": [s for s in sorted(arm) if arm[s].get("val_collapse")],
         "devices": {str(s): arm[s].get("device") for s in sorted(arm)},
+        "baseline_devices": {str(s): alone[s].get("device") for s in seeds},
     }
     if arm is alone or not seeds:
         return row
@@ -138,14 +139,28 @@ def _p(p: float | None) -> str:
     return "-" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
 
 
-def _devices_note(devices: dict[str, str | None]) -> str:
-    """`` [cuda: seeds 0, 1, 2; cpu: seeds 3, 4]`` where an arm's seeds ran on more than one kind of device."""
+def _by_device(devices: dict[str, str | None]) -> dict[str, list[str]]:
     by_device: dict[str, list[str]] = {}
     for seed, device in devices.items():
         by_device.setdefault(device or "unknown", []).append(seed)
-    if len(by_device) < 2:
+    return by_device
+
+
+def _seeds_text(by_device: dict[str, list[str]]) -> str:
+    return "; ".join(f"{d}: seeds {', '.join(s)}" for d, s in by_device.items())
+
+
+def _devices_note(devices: dict[str, str | None], baseline_devices: dict[str, str | None] | None = None) -> str:
+    """`` [cuda: seeds 0, 1, 2; cpu: seeds 3, 4]`` where an arm's seeds ran on more than one kind of device, and
+    ``; paired alone on cuda: seeds 3, 4`` where a seed's baseline run ran on another device than the arm's."""
+    by_device = _by_device(devices)
+    moved = {s: d for s, d in (baseline_devices or {}).items() if d != devices.get(s)}
+    if len(by_device) < 2 and not moved:
         return ""
-    return " [" + "; ".join(f"{d}: seeds {', '.join(s)}" for d, s in by_device.items()) + "]"
+    note = _seeds_text(by_device)
+    if moved:
+        note += f"; paired alone on {_seeds_text(_by_device(moved))}"
+    return f" [{note}]"
 
 
 def machines_line(raw: dict[str, Any]) -> str:
@@ -157,7 +172,8 @@ def machines_line(raw: dict[str, Any]) -> str:
         machine = raw.get("machine", {})
         return f"Machine: {name(machine)}; {machine.get('note', '')}"
     parts = [f"{name(m)} ({len(m['runs'])} runs; {m.get('note', '')})" for m in raw["machines"]]
-    return "Machines: " + "; ".join(parts) + ". Per arm, a bracket names the device of each seed where they differ."
+    return ("Machines: " + "; ".join(parts) + ". Per arm, a bracket names the device of each seed where they differ, "
+            "and that of the student-alone runs it is paired with where those ran elsewhere.")
 
 
 def render(result: dict[str, Any], labels: dict[str, str]) -> str:
@@ -189,7 +205,7 @@ def render(result: dict[str, Any], labels: dict[str, str]) -> str:
             if name == "recipe":
                 label = f"**medkd recipe** ({labels.get(row['arm'], row['arm'])}, with fallback; fell back on " \
                         f"seeds {row['fallback_seeds'] or 'none'})"
-            label += _devices_note(row.get("devices", {}))
+            label += _devices_note(row.get("devices", {}), row.get("baseline_devices"))
             lines.append(
                 f"| {label} | {len(row['seeds'])} | {_fmt(row['mean'])} ± {_fmt(row['std'])} | "
                 f"{_fmt(st.get('delta'), signed=True)} | {ci_txt} | "

@@ -70,6 +70,18 @@ def test_an_arm_whose_seeds_ran_on_two_devices_says_which_seed_ran_where(quality
     assert "[cuda" not in report.render(report.build({"runs": one_device}, ["rec_cwd"], ["rec_cwd"]), {})
 
 
+def test_an_arm_paired_with_runs_of_another_device_names_the_device_of_those_runs(quality):
+    arms, report = quality
+    runs = {f"enet-alone-s{s}": {**_run(0.70, s), "device": "cuda"} for s in range(5)}
+    runs |= {f"enet-kl1-s{s}": {**_run(0.71, s), "device": "cpu"} for s in range(3)}
+    runs |= {f"enet-rec_cwd-s{s}": {**_run(0.74, s), "device": "cuda" if s < 3 else "cpu"} for s in range(5)}
+    result = report.build({"runs": runs}, ["rec_cwd"], ["kl1", "rec_cwd"])
+    text = report.render(result, {"kl1": "KL", "rec_cwd": "CWD"})
+    assert "| KL [cpu: seeds 0, 1, 2; paired alone on cuda: seeds 0, 1, 2] | 3 |" in text
+    assert "| CWD [cuda: seeds 0, 1, 2; cpu: seeds 3, 4; paired alone on cuda: seeds 3, 4] | 5 |" in text
+    assert result["students"]["enet"]["rows"]["kl1"]["baseline_devices"] == {"0": "cuda", "1": "cuda", "2": "cuda"}
+
+
 def test_merging_raw_files_keeps_each_machine_and_refuses_a_run_twice(quality, tmp_path, monkeypatch):
     _, report = quality
     monkeypatch.syspath_prepend(str(QUALITY))
