@@ -305,64 +305,84 @@ def expand_grid(preset: ExperimentPreset, budget: str = "quick", seeds: int | No
     n_default = seeds if seeds is not None else b.seeds
     if n_default < 1:
         raise ConfigError(f"--seeds {n_default}: must be at least 1")
-    cells = b.cells or preset.protocol.cells()
-    teachers = b.teachers or list(preset.teachers)
-    students = b.students or list(preset.students)
     objectives = b.objectives if b.objectives is not None else {k: None for k in preset.objectives}
     obj_seeds = {k: (n if n is not None else n_default) for k, n in objectives.items()}
     runs: list[RunSpec] = []
-    for cell in cells:
-        teacher_seeds: dict[str, int] = {}
-        student_runs: list[RunSpec] = []
-        for skey in students:
-            sspec = preset.students[skey]
-            allowed = [t for t in teachers if sspec.teachers is None or t in sspec.teachers]
-            for okey, n_seeds in obj_seeds.items():
-                if b.student_objectives and skey in b.student_objectives and okey not in b.student_objectives[skey]:
-                    continue
-                ospec = preset.objectives[okey]
-                seg_loss, seg_weight, terms = ospec.resolved()
-                pairs = allowed if terms else [None]
-                for tkey in pairs:
-                    olabel = okey if tkey is None else f"{okey}-from-{tkey}"
-                    for seed in range(n_seeds):
-                        name = f"{cell}/student-{skey}/{olabel}/seed{seed}"
-                        layers = [sspec.config, budget_layer(b.student_config), ospec.config]
-                        extra: dict[str, Any] = {"model": _model_block(preset, b, skey, sspec)}
-                        train: dict[str, Any] = {}
-                        if seg_loss is not None or seg_weight is not None:
-                            train["seg_loss"] = {k: v for k, v in (("name", seg_loss), ("weight", seg_weight))
-                                                 if v is not None}
-                        if train:
-                            extra["train"] = train
-                        teacher_run = None
-                        if tkey is not None:
-                            t_seed = seed % b.teacher_seeds if b.teacher_seeds else seed
-                            teacher_run = f"{cell}/teacher-{tkey}/seed{t_seed}"
-                            extra["distill"] = {"teacher": {"run": teacher_run}, "terms": terms}
-                            teacher_seeds[tkey] = max(teacher_seeds.get(tkey, 0), t_seed + 1)
-                        cfg = _run_config(preset, b, cell, seed, name, layers + [extra])
-                        if tkey is not None:
-                            tcfg = _teacher_config(preset, b, cell, t_seed, tkey)
-                            t_ch = tcfg.get("data", {}).get("channels")
-                            if t_ch is not None and t_ch != cfg.get("data", {}).get("channels"):
-                                cfg["data"]["teacher_channels"] = t_ch
-                        student_runs.append(RunSpec(name, "student", cell, seed, skey, okey, tkey, teacher_run, cfg))
-        for tkey in teachers:
-            n = max(teacher_seeds.get(tkey, 0), b.teacher_seeds or n_default)
-            for seed in range(n):
-                name = f"{cell}/teacher-{tkey}/seed{seed}"
-                runs.append(RunSpec(name, "teacher", cell, seed, tkey,
-                                    config=_teacher_config(preset, b, cell, seed, tkey)))
-        runs.extend(student_runs)
+    for cell in b.cells or preset.protocol.cells():
+        runs.extend(_cell_runs(preset, b, cell, obj_seeds, n_default))
     if only:
-        keep = {r.name for r in runs if fnmatch.fnmatch(r.name, only) or only in r.name}
-        keep |= {r.teacher_run for r in runs if r.name in keep and r.teacher_run}
-        runs = [r for r in runs if r.name in keep]
+        runs = _matching_runs(runs, only)
     for r in runs:
         check = copy.deepcopy(r.config)
         parse_config(check, source=f"{source} [{r.name}]")
     return runs
+
+
+def _cell_runs(preset: ExperimentPreset, b: BudgetSpec, cell: str, obj_seeds: dict[str, int],
+               n_default: int) -> list[RunSpec]:
+    """One protocol cell's runs: its teachers (as many seeds as its students use) before its students."""
+    students = [run for skey in b.students or list(preset.students)
+                for run in _student_runs(preset, b, cell, skey, obj_seeds)]
+    used: dict[str, int] = {}
+    for run in students:
+        if run.teacher_key is not None:
+            used[run.teacher_key] = max(used.get(run.teacher_key, 0), _teacher_seed(b, run.seed) + 1)
+    teachers = [RunSpec(f"{cell}/teacher-{tkey}/seed{seed}", "teacher", cell, seed, tkey,
+                        config=_teacher_config(preset, b, cell, seed, tkey))
+                for tkey in b.teachers or list(preset.teachers)
+                for seed in range(max(used.get(tkey, 0), b.teacher_seeds or n_default))]
+    return teachers + students
+
+
+def _student_runs(preset: ExperimentPreset, b: BudgetSpec, cell: str, skey: str,
+                  obj_seeds: dict[str, int]) -> list[RunSpec]:
+    """One student's runs in a cell: each objective of the budget, from each teacher it may learn from, per seed."""
+    sspec = preset.students[skey]
+    allowed = [t for t in b.teachers or list(preset.teachers) if sspec.teachers is None or t in sspec.teachers]
+    only_objectives = (b.student_objectives or {}).get(skey)
+    runs: list[RunSpec] = []
+    for okey, n_seeds in obj_seeds.items():
+        if only_objectives is not None and okey not in only_objectives:
+            continue
+        has_terms = bool(preset.objectives[okey].resolved()[2])
+        for tkey in allowed if has_terms else [None]:
+            runs.extend(_student_run(preset, b, cell, skey, okey, tkey, seed) for seed in range(n_seeds))
+    return runs
+
+
+def _student_run(preset: ExperimentPreset, b: BudgetSpec, cell: str, skey: str, okey: str, tkey: str | None,
+                 seed: int) -> RunSpec:
+    """One student run: its name, and its config layered base < budget < cell < student < objective."""
+    sspec, ospec = preset.students[skey], preset.objectives[okey]
+    seg_loss, seg_weight, terms = ospec.resolved()
+    name = f"{cell}/student-{skey}/{okey if tkey is None else f'{okey}-from-{tkey}'}/seed{seed}"
+    extra: dict[str, Any] = {"model": _model_block(preset, b, skey, sspec)}
+    seg = {k: v for k, v in (("name", seg_loss), ("weight", seg_weight)) if v is not None}
+    if seg:
+        extra["train"] = {"seg_loss": seg}
+    teacher_run = None
+    if tkey is not None:
+        teacher_run = f"{cell}/teacher-{tkey}/seed{_teacher_seed(b, seed)}"
+        extra["distill"] = {"teacher": {"run": teacher_run}, "terms": terms}
+    cfg = _run_config(preset, b, cell, seed, name,
+                      [sspec.config, budget_layer(b.student_config), ospec.config, extra])
+    if tkey is not None:
+        t_channels = _teacher_config(preset, b, cell, _teacher_seed(b, seed), tkey).get("data", {}).get("channels")
+        if t_channels is not None and t_channels != cfg.get("data", {}).get("channels"):
+            cfg["data"]["teacher_channels"] = t_channels
+    return RunSpec(name, "student", cell, seed, skey, okey, tkey, teacher_run, cfg)
+
+
+def _teacher_seed(b: BudgetSpec, student_seed: int) -> int:
+    """The teacher seed a student of ``student_seed`` distils from."""
+    return student_seed % b.teacher_seeds if b.teacher_seeds else student_seed
+
+
+def _matching_runs(runs: list[RunSpec], only: str) -> list[RunSpec]:
+    """The runs whose name matches ``only`` (shell pattern or substring), with the teachers they need."""
+    keep = {r.name for r in runs if fnmatch.fnmatch(r.name, only) or only in r.name}
+    keep |= {r.teacher_run for r in runs if r.name in keep and r.teacher_run}
+    return [r for r in runs if r.name in keep]
 
 
 def budget_layer(layer: dict[str, Any]) -> dict[str, Any]:
