@@ -144,19 +144,10 @@ class TeacherCache:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        shards = []
-        for s in range(n_shards):
+        shards = [f"shard_{s:04d}.safetensors" for s in range(n_shards)]
+        for s, name in enumerate(shards):
             block = inputs[s * shard_size:(s + 1) * shard_size]
-            parts: dict[str, list[torch.Tensor]] = {t: [] for t in taps}
-            with torch.no_grad(), FeatureTapper(teacher, taps) as tapper:
-                for start in range(0, block.shape[0], batch_size):
-                    teacher(block[start:start + batch_size].to(device))
-                    for t in taps:
-                        parts[t].append(tapper.features[t].detach().to("cpu", torch.float16))
-                    tapper.clear()
-            name = f"shard_{s:04d}.safetensors"
-            save_file({t: torch.cat(v).contiguous() for t, v in parts.items()}, str(tmp / name))
-            shards.append(name)
+            save_file(_teacher_taps(teacher, block, taps, batch_size, device), str(tmp / name))
         (tmp / "index.json").write_text(json.dumps({
             "fingerprint": key, "taps": taps, "shapes": shapes, "n": int(inputs.shape[0]),
             "shard_size": shard_size, "shards": shards, "bytes": total, "dtype": "float16",
@@ -165,3 +156,16 @@ class TeacherCache:
             shutil.rmtree(folder)
         tmp.rename(folder)
         return cls(folder)
+
+
+def _teacher_taps(teacher: torch.nn.Module, inputs: torch.Tensor, taps: Sequence[str], batch_size: int,
+                  device: torch.device | str) -> dict[str, torch.Tensor]:
+    """The teacher's ``taps`` over ``inputs``, run ``batch_size`` at a time, as contiguous float16 CPU tensors."""
+    parts: dict[str, list[torch.Tensor]] = {t: [] for t in taps}
+    with torch.no_grad(), FeatureTapper(teacher, taps) as tapper:
+        for start in range(0, inputs.shape[0], batch_size):
+            teacher(inputs[start:start + batch_size].to(device))
+            for t in taps:
+                parts[t].append(tapper.features[t].detach().to("cpu", torch.float16))
+            tapper.clear()
+    return {t: torch.cat(v).contiguous() for t, v in parts.items()}
