@@ -58,6 +58,10 @@ ARMS = [
     Arm("dist", "DIST T=1 w=1", 3, _kd(DIST)),
     Arm("rec_kl4", "KL T=4 + unlabelled + pseudo-labels (balanced)", 4, merge(UNLABELED, _kd(KL4, PSEUDO, BALANCE))),
     Arm("kl1_u", "KL T=1 + unlabelled (no pseudo-labels, no balance)", 4, merge(UNLABELED, _kd(KL1))),
+    # The recipe (rec_cwd) without one of its parts: is it the distillation term or the teacher's pseudo-labels that
+    # pays? pl_u is self-training on the teacher's labels (no distillation term, so nothing to balance).
+    Arm("pl_u", "pseudo-labels only + unlabelled (no distillation term)", 4, merge(UNLABELED, _kd([], PSEUDO))),
+    Arm("rec_cwd_nopl", "CWD T=1 + unlabelled (balanced), no pseudo-labels", 4, merge(UNLABELED, _kd(CWD, BALANCE))),
     # Priority 5, the patient schedule: distillation is said to need long schedules ("a good teacher is patient and
     # consistent"); both the student alone and the recipe get 3x the epochs, and each is compared with the other.
     Arm("alone_x3", "student alone (50%), 3x epochs", 5, epochs_factor=3, baseline="alone_x3"),

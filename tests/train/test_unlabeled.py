@@ -196,6 +196,20 @@ def test_step_records_carry_pseudo_label_and_grad_norms_on_measured_steps(synth2
     assert all(s["pseudo_label_kept"] == 1.0 for s in _steps(tmp_path / "lenient"))
 
 
+def test_pseudo_labels_alone_train_without_any_distillation_term(synth2d, teacher_run, tmp_path, make_config):
+    """``distill.terms: []`` with ``pseudo_label``: the teacher only labels the unlabelled images (self-training)."""
+    cfg = parse_config(_kd_dict(make_config, synth2d, teacher_run,
+                                data={"train_fraction": 0.5, "unlabeled_left_out": True},
+                                distill={"terms": [], "pseudo_label": {"weight": 1.0, "threshold": 0.0}},
+                                train={"epochs": 2, "grad_norm_every": 1}))
+    train(cfg, tmp_path / "run", device="cpu")
+    steps = _steps(tmp_path / "run")
+    # threshold 0: every pixel of the barely trained teacher counts, so the term is never empty
+    assert steps and all(s["pseudo_label_kept"] == 1.0 and s["pseudo_label"] > 0 for s in steps)
+    assert not any(k.startswith(("kd/", "gn/kd/")) for s in steps for k in s)  # no distillation term at all
+    assert all({k for k in s if k.startswith("gn/")} == {"gn/seg", "gn/pseudo_label"} for s in steps)
+
+
 def test_no_grad_norms_without_distillation_or_when_switched_off(synth2d, teacher_run, tmp_path, make_config,
                                                                make_run_config):
     train(make_run_config(synth2d, train={"epochs": 1, "batch_size": 4, "progress": False, "threads": 1,
