@@ -360,14 +360,14 @@ def _student_run(preset: ExperimentPreset, b: BudgetSpec, cell: str, skey: str, 
     seg = {k: v for k, v in (("name", seg_loss), ("weight", seg_weight)) if v is not None}
     if seg:
         extra["train"] = {"seg_loss": seg}
-    teacher_run = None
+    teacher_run, t_seed = None, _teacher_seed(b, seed)
     if tkey is not None:
-        teacher_run = f"{cell}/teacher-{tkey}/seed{_teacher_seed(b, seed)}"
+        teacher_run = f"{cell}/teacher-{tkey}/seed{t_seed}"
         extra["distill"] = {"teacher": {"run": teacher_run}, "terms": terms}
     cfg = _run_config(preset, b, cell, seed, name,
                       [sspec.config, budget_layer(b.student_config), ospec.config, extra])
     if tkey is not None:
-        t_channels = _teacher_config(preset, b, cell, _teacher_seed(b, seed), tkey).get("data", {}).get("channels")
+        t_channels = _teacher_config(preset, b, cell, t_seed, tkey).get("data", {}).get("channels")
         if t_channels is not None and t_channels != cfg.get("data", {}).get("channels"):
             cfg["data"]["teacher_channels"] = t_channels
     return RunSpec(name, "student", cell, seed, skey, okey, tkey, teacher_run, cfg)
