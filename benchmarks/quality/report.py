@@ -26,17 +26,35 @@ import numpy as np
 
 from medkd.evaluate.stats import hierarchical_bootstrap, paired_seed_test, paired_wilcoxon
 
-RUN_NAME = re.compile(r"^(?P<student>.+)-(?P<arm>[a-z0-9_]+)-s(?P<seed>\d+)$")
+RUN_NAME = re.compile(r"^(?P<student>.+)-(?P<arm>[a-z0-9_]+)-s(?P<seed>\d+)(?:@(?P<device>[a-z0-9_]+))?$")
 
 
 def _arms_by_student(runs: dict[str, Any]) -> dict[str, dict[str, dict[int, dict[str, Any]]]]:
-    """student -> arm -> seed -> run record."""
+    """student -> arm -> seed -> run record. A run repeated on another device (``<run>@<device>``, named so by
+    ``run.py merge``) goes under the arm ``<arm>@<device>``."""
     out: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
     for name, rec in runs.items():
         m = RUN_NAME.match(name)
         if m:
-            out.setdefault(m["student"], {}).setdefault(m["arm"], {})[int(m["seed"])] = rec
+            arm = m["arm"] if m["device"] is None else f"{m['arm']}@{m['device']}"
+            out.setdefault(m["student"], {}).setdefault(arm, {})[int(m["seed"])] = rec
     return out
+
+
+def same_device_baseline(arm: dict[int, dict[str, Any]], arms: dict[str, dict[int, dict[str, Any]]],
+                         baseline: str) -> dict[int, dict[str, Any]]:
+    """Per seed of ``arm``, the ``baseline`` run of that seed, taken from the baseline's repeat on the arm's
+    device (``<baseline>@<device>``) where the baseline's own run ran on another device and that repeat exists."""
+    own = arms.get(baseline, {})
+    paired = {}
+    for seed, rec in arm.items():
+        base = own.get(seed)
+        twin = arms.get(f"{baseline}@{rec.get('device')}", {}).get(seed)
+        if twin is not None and (base is None or base.get("device") != rec.get("device")):
+            base = twin
+        if base is not None:
+            paired[seed] = base
+    return paired
 
 
 def _seed_means(arm: dict[int, dict[str, Any]]) -> dict[int, float]:
@@ -117,16 +135,27 @@ def build(raw: dict[str, Any], candidates: list[str], arm_order: list[str],
     choice = choose_recipe({n: r.get("best_val_dice") for n, r in runs.items()}, candidates, sorted(by_student))
     result["recipe_choice"] = choice
     for student, arms in sorted(by_student.items()):
-        alone = arms.get("alone", {})
-        rows = {name: {**compare(arms[name], arms.get(baselines.get(name, "alone"), {}), teacher_dice),
-                       "baseline": baselines.get(name, "alone")} if name in arms else {"seeds": [], "not_run": True}
-                for name in arm_order}
+        rows: dict[str, Any] = {}
+        for name in arm_order:
+            rows[name] = _row(arms, name, baselines.get(name, "alone"), teacher_dice)
+            for repeat in sorted(a for a in arms if a.startswith(f"{name}@")):  # the device effect
+                rows[repeat] = {**compare(arms[repeat], arms[name], None), "baseline": name}
         if choice is not None and choice["chosen"] in arms:
+            alone = same_device_baseline(arms[choice["chosen"]], arms, "alone")
             fb = with_fallback(arms[choice["chosen"]], alone)
             rows["recipe"] = {**compare(fb, alone, teacher_dice), "arm": choice["chosen"],
                               "fallback_seeds": [s for s, r in fb.items() if r["fallback"]]}
         result["students"][student] = {"rows": rows}
     return result
+
+
+def _row(arms: dict[str, dict[int, dict[str, Any]]], name: str, baseline: str, teacher: float | None
+         ) -> dict[str, Any]:
+    """One arm's row: its statistics against its baseline, each seed paired on the same device where it can be."""
+    if name not in arms:
+        return {"seeds": [], "not_run": True}
+    paired = arms[name] if name == baseline else same_device_baseline(arms[name], arms, baseline)
+    return {**compare(arms[name], paired, teacher), "baseline": baseline}
 
 
 def _fmt(x: float | None, digits: int = 3, signed: bool = False) -> str:
@@ -176,6 +205,14 @@ def machines_line(raw: dict[str, Any]) -> str:
             "and that of the student-alone runs it is paired with where those ran elsewhere.")
 
 
+def _label(name: str, labels: dict[str, str]) -> str:
+    """An arm's label; a repeat on another device (``<arm>@<device>``) says what it measures."""
+    arm, _, device = name.partition("@")
+    if not device:
+        return labels.get(name, name)
+    return f"{labels.get(arm, arm)}, the same seeds again on the {device} (Δ: the device effect)"
+
+
 def render(result: dict[str, Any], labels: dict[str, str]) -> str:
     t = result["teacher"]
     lines = [f"Teacher (monai.UNet 16..256, 2 residual units, 1.6 M, 100% of training patients): test Dice "
@@ -199,8 +236,8 @@ def render(result: dict[str, Any], labels: dict[str, str]) -> str:
             ci_txt = f"{_p(st.get('p'))} [{_fmt(ci[0], signed=True)}, {_fmt(ci[1], signed=True)}]" if ci else \
                 _p(st.get("p"))
             bci = bs.get("ci95")
-            label = labels.get(name, name)
-            if row.get("baseline", "alone") != "alone":
+            label = _label(name, labels)
+            if "@" not in name and row.get("baseline", "alone") != "alone":
                 label += f" (vs {labels.get(row['baseline'], row['baseline'])})"
             if name == "recipe":
                 label = f"**medkd recipe** ({labels.get(row['arm'], row['arm'])}, with fallback; fell back on " \

@@ -255,20 +255,31 @@ def collect(work: Path) -> dict[str, Any]:
 
 
 def merge_raw(raw_files: list[Path]) -> dict[str, Any]:
-    """Several ``collect`` outputs as one ``raw.json``: runs keyed by name (a name in two files is an error), the
-    first file's schedule and recipe, and under ``machines`` each file's machine with the runs it contributed."""
+    """Several ``collect`` outputs as one ``raw.json``: runs keyed by name, the first file's schedule and recipe,
+    and under ``machines`` each file's machine with the runs it contributed. A run already merged from an earlier
+    file is kept as ``<name>@<device>`` when it ran on another device (the report pairs each arm with the student
+    alone on its own device where it can, and shows the device effect); on the same device it is an error."""
     runs: dict[str, Any] = {}
     machines = []
     for path in raw_files:
         raw = json.loads(path.read_text())
-        clash = sorted(set(raw["runs"]) & set(runs))
-        if clash:
-            raise SystemExit(f"error: {path}: runs already in an earlier file: {', '.join(clash)}")
-        runs.update(raw["runs"])
-        machines.append({**raw.get("machine", {}), "source": path.name, "runs": sorted(raw["runs"])})
+        added = {}
+        for name, rec in raw["runs"].items():
+            key = name if name not in runs else _repeat_name(path, name, rec, runs)
+            added[key] = rec
+        runs.update(added)
+        machines.append({**raw.get("machine", {}), "source": path.name, "runs": sorted(added)})
     first = json.loads(raw_files[0].read_text())
     extra = {k: first[k] for k in ("schedule", "recipe", "machine") if k in first}
     return {"runs": runs, **extra, "machines": machines}
+
+
+def _repeat_name(path: Path, name: str, rec: dict[str, Any], runs: dict[str, Any]) -> str:
+    """``<name>@<device>`` for a run merged before from another device; SystemExit for a true duplicate."""
+    key = f"{name}@{rec.get('device')}"
+    if rec.get("device") is None or rec.get("device") == runs[name].get("device") or key in runs:
+        raise SystemExit(f"error: {path}: runs already in an earlier file: {name}")
+    return key
 
 
 def main() -> None:

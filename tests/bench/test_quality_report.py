@@ -82,6 +82,39 @@ def test_an_arm_paired_with_runs_of_another_device_names_the_device_of_those_run
     assert result["students"]["enet"]["rows"]["kl1"]["baseline_devices"] == {"0": "cuda", "1": "cuda", "2": "cuda"}
 
 
+def test_an_arm_is_paired_with_the_student_alone_on_its_own_device_where_that_run_exists(quality):
+    arms, report = quality
+    runs = {f"enet-alone-s{s}": {**_run(0.70, s), "device": "cuda"} for s in range(5)}
+    runs |= {f"enet-alone-s{s}@cpu": {**_run(0.71, s), "device": "cpu"} for s in range(3)}
+    runs |= {f"enet-kl1-s{s}": {**_run(0.72, s), "device": "cpu"} for s in range(3)}
+    runs |= {f"enet-rec_cwd-s{s}": {**_run(0.75, s), "device": "cuda" if s < 4 else "cpu"} for s in range(5)}
+    result = report.build({"runs": runs}, ["rec_cwd"], ["alone", "kl1", "rec_cwd"])
+    rows = result["students"]["enet"]["rows"]
+    assert rows["kl1"]["seed_test"]["delta"] == pytest.approx(0.01)  # against the CPU runs, not 0.02
+    assert rows["kl1"]["baseline_devices"] == {"0": "cpu", "1": "cpu", "2": "cpu"}
+    assert rows["rec_cwd"]["baseline_devices"]["4"] == "cuda"  # no CPU run of seed 4 alone: the other device's
+    assert rows["alone@cpu"]["seed_test"]["delta"] == pytest.approx(0.01) and rows["alone@cpu"]["seeds"] == [0, 1, 2]
+    assert "gap_closed" not in rows["alone@cpu"]
+    text = report.render(result, {"alone": "alone", "kl1": "KL", "rec_cwd": "CWD"})
+    assert "| KL | 3 |" in text  # same device: no bracket
+    assert "| alone, the same seeds again on the cpu (Δ: the device effect) [cpu: seeds 0, 1, 2; paired alone on " \
+           "cuda: seeds 0, 1, 2] | 3 | 0.747 ± 0.002 | +0.010 |" in text
+    assert list(rows) == ["alone", "alone@cpu", "kl1", "rec_cwd", "recipe"]
+
+
+def test_merging_keeps_a_run_repeated_on_another_device_under_its_device(quality, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(QUALITY))
+    run = importlib.import_module("run")
+    for name, device in (("a", "cuda"), ("b", "cpu"), ("c", "cpu")):
+        runs = {"enet-alone-s0": {**_run(0.7, 0), "device": device}}
+        (tmp_path / f"{name}.json").write_text(json.dumps({"runs": runs}))
+    merged = run.merge_raw([tmp_path / "a.json", tmp_path / "b.json"])
+    assert sorted(merged["runs"]) == ["enet-alone-s0", "enet-alone-s0@cpu"]
+    assert merged["machines"][1]["runs"] == ["enet-alone-s0@cpu"]
+    with pytest.raises(SystemExit, match="c.json: runs already in an earlier file: enet-alone-s0"):
+        run.merge_raw([tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"])
+
+
 def test_merging_raw_files_keeps_each_machine_and_refuses_a_run_twice(quality, tmp_path, monkeypatch):
     _, report = quality
     monkeypatch.syspath_prepend(str(QUALITY))
