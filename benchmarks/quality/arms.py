@@ -62,6 +62,10 @@ ARMS = [
     # pays? pl_u is self-training on the teacher's labels (no distillation term, so nothing to balance).
     Arm("pl_u", "pseudo-labels only + unlabelled (no distillation term)", 4, merge(UNLABELED, _kd([], PSEUDO))),
     Arm("rec_cwd_nopl", "CWD T=1 + unlabelled (balanced), no pseudo-labels", 4, merge(UNLABELED, _kd(CWD, BALANCE))),
+    # What `medkd recipe` trains when a user has no images without labels (train_fraction 1, no data.unlabeled):
+    # the recipe's CWD term and balance cap on the labelled images only (here, the 50% of patients with labels).
+    Arm("cwd_bal", "CWD T=1 w=3 balanced, labelled only (the recipe without images without labels)", 4,
+        _kd(CWD, BALANCE)),
     # Priority 5, the patient schedule: distillation is said to need long schedules ("a good teacher is patient and
     # consistent"); both the student alone and the recipe get 3x the epochs, and each is compared with the other.
     Arm("alone_x3", "student alone (50%), 3x epochs", 5, epochs_factor=3, baseline="alone_x3"),
