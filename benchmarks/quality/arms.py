@@ -31,6 +31,7 @@ class Arm:
     candidate: bool = False  # a recipe candidate (the recipe is chosen among them on validation)
     baseline: str = "alone"  # the arm it is compared with: the student alone on the same schedule
     epochs_factor: int = 1  # times the benchmark's --epochs (a longer schedule, for this arm and its baseline)
+    fallback: bool = False  # also shown as medkd recipe ships it: the student alone where it lost on validation
 
 
 def merge(*parts: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +66,7 @@ ARMS = [
     # What `medkd recipe` trains when a user has no images without labels (train_fraction 1, no data.unlabeled):
     # the recipe's CWD term and balance cap on the labelled images only (here, the 50% of patients with labels).
     Arm("cwd_bal", "CWD T=1 w=3 balanced, labelled only (the recipe without images without labels)", 4,
-        _kd(CWD, BALANCE)),
+        _kd(CWD, BALANCE), fallback=True),
     # Priority 5, the patient schedule: distillation is said to need long schedules ("a good teacher is patient and
     # consistent"); both the student alone and the recipe get 3x the epochs, and each is compared with the other.
     Arm("alone_x3", "student alone (50%), 3x epochs", 5, epochs_factor=3, baseline="alone_x3"),

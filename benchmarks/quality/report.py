@@ -122,8 +122,9 @@ def choose_recipe(best_val: dict[str, float | None], candidates: list[str], stud
 
 
 def build(raw: dict[str, Any], candidates: list[str], arm_order: list[str],
-          baselines: dict[str, str] | None = None) -> dict[str, Any]:
-    """The tables' numbers: per student, each arm against its baseline arm (``baselines``, default ``alone``)."""
+          baselines: dict[str, str] | None = None, fallback_arms: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The tables' numbers: per student, each arm against its baseline arm (``baselines``, default ``alone``); the
+    chosen recipe with its fallback (row ``recipe``), and so each of ``fallback_arms`` (row ``fallback:<arm>``)."""
     baselines = baselines or {}
     runs = raw["runs"]
     teacher = runs.get("teacher")
@@ -140,13 +141,20 @@ def build(raw: dict[str, Any], candidates: list[str], arm_order: list[str],
             rows[name] = _row(arms, name, baselines.get(name, "alone"), teacher_dice)
             for repeat in sorted(a for a in arms if a.startswith(f"{name}@")):  # the device effect
                 rows[repeat] = {**compare(arms[repeat], arms[name], None), "baseline": name}
+        for name in fallback_arms:
+            if name in arms:
+                rows[f"fallback:{name}"] = _fallback_row(arms, name, teacher_dice)
         if choice is not None and choice["chosen"] in arms:
-            alone = same_device_baseline(arms[choice["chosen"]], arms, "alone")
-            fb = with_fallback(arms[choice["chosen"]], alone)
-            rows["recipe"] = {**compare(fb, alone, teacher_dice), "arm": choice["chosen"],
-                              "fallback_seeds": [s for s, r in fb.items() if r["fallback"]]}
+            rows["recipe"] = _fallback_row(arms, choice["chosen"], teacher_dice)
         result["students"][student] = {"rows": rows}
     return result
+
+
+def _fallback_row(arms: dict[str, dict[int, dict[str, Any]]], name: str, teacher: float | None) -> dict[str, Any]:
+    """An arm as ``medkd recipe`` ships it: per seed, the distilled run or, where it lost on validation, the alone."""
+    alone = same_device_baseline(arms[name], arms, "alone")
+    fb = with_fallback(arms[name], alone)
+    return {**compare(fb, alone, teacher), "arm": name, "fallback_seeds": [s for s, r in fb.items() if r["fallback"]]}
 
 
 def _row(arms: dict[str, dict[int, dict[str, Any]]], name: str, baseline: str, teacher: float | None
@@ -239,8 +247,9 @@ def render(result: dict[str, Any], labels: dict[str, str]) -> str:
             label = _label(name, labels)
             if "@" not in name and row.get("baseline", "alone") != "alone":
                 label += f" (vs {labels.get(row['baseline'], row['baseline'])})"
-            if name == "recipe":
-                label = f"**medkd recipe** ({labels.get(row['arm'], row['arm'])}, with fallback; fell back on " \
+            if name == "recipe" or name.startswith("fallback:"):
+                head = "**medkd recipe**" if name == "recipe" else "medkd recipe's fallback applied"
+                label = f"{head} ({labels.get(row['arm'], row['arm'])}, with fallback; fell back on " \
                         f"seeds {row['fallback_seeds'] or 'none'})"
             label += _devices_note(row.get("devices", {}), row.get("baseline_devices"))
             lines.append(
@@ -258,7 +267,7 @@ def write_report(raw_file: Path, out_dir: Path, tag: str | None = None) -> dict[
 
     raw = json.loads(Path(raw_file).read_text())
     result = build(raw, [a.name for a in ARMS if a.candidate], [a.name for a in ARMS],
-                   {a.name: a.baseline for a in ARMS})
+                   {a.name: a.baseline for a in ARMS}, tuple(a.name for a in ARMS if a.fallback))
     tag = tag or Path(raw_file).stem
     labels = {name: arm.label for name, arm in ARM_BY_NAME.items()}
     (out_dir / f"results_{tag}.json").write_text(json.dumps(result, indent=1) + "\n")

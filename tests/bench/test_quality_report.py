@@ -102,6 +102,20 @@ def test_an_arm_is_paired_with_the_student_alone_on_its_own_device_where_that_ru
     assert list(rows) == ["alone", "alone@cpu", "kl1", "rec_cwd", "recipe"]
 
 
+def test_an_arm_can_also_be_shown_as_medkd_recipe_ships_it_falling_back_where_it_lost_on_validation(quality):
+    arms, report = quality
+    runs = {f"unet_s1-alone-s{s}": _run(0.72, s) for s in range(3)}
+    runs |= {f"unet_s1-cwd_bal-s{s}": {**_run(0.70, s), "best_val_dice": 0.73 if s == 2 else 0.71} for s in range(3)}
+    result = report.build({"runs": runs}, [], ["alone", "cwd_bal"], None, ("cwd_bal",))
+    rows = result["students"]["unet_s1"]["rows"]
+    assert rows["cwd_bal"]["seed_test"]["delta"] == pytest.approx(-0.02)
+    shipped = rows["fallback:cwd_bal"]
+    assert shipped["fallback_seeds"] == [0, 1] and shipped["seed_test"]["delta"] == pytest.approx(-0.02 / 3)
+    text = report.render(result, {"cwd_bal": "CWD labelled"})
+    assert "| medkd recipe's fallback applied (CWD labelled, with fallback; fell back on seeds [0, 1]) | 3 |" in text
+    assert arms.ARM_BY_NAME["cwd_bal"].fallback and not arms.ARM_BY_NAME["rec_cwd"].fallback
+
+
 def test_merging_keeps_a_run_repeated_on_another_device_under_its_device(quality, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(QUALITY))
     run = importlib.import_module("run")
@@ -137,7 +151,7 @@ def test_committed_tables_render_from_the_committed_raw_runs(quality):
     for md in sorted(QUALITY.glob("results_*.md")):
         raw = json.loads((QUALITY / f"raw_{md.stem.removeprefix('results_')}.json").read_text())
         result = report.build(raw, [a.name for a in arms.ARMS if a.candidate], [a.name for a in arms.ARMS],
-                              {a.name: a.baseline for a in arms.ARMS})
+                              {a.name: a.baseline for a in arms.ARMS}, tuple(a.name for a in arms.ARMS if a.fallback))
         head = f"# Quality benchmark: {md.stem.removeprefix('results_')}\n\n{report.machines_line(raw)}\n\n"
         assert md.read_text() == head + report.render(result, {a.name: a.label for a in arms.ARMS}), md.name
 
