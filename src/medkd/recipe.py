@@ -55,7 +55,7 @@ def recipe_configs(student: dict[str, Any], teacher_run: str | Path, source: str
         overlay["distill"].pop("pseudo_label")
         notes.append("no images without labels (data.train_fraction is 1 and data.unlabeled is not set): "
                      "distilling on the labelled images only, without the pseudo-label term (on medkd's quality "
-                     "benchmark this lost to the student alone, so expect the student alone to be kept)")
+                     "benchmark this lost to unet_s1 alone on every seed: expect the student alone to be kept)")
     alone = dict(student, name=f"{student.get('name', 'student')}-alone",
                  data={k: v for k, v in data.items() if not k.startswith("unlabeled")})  # images with labels only
     distilled = deep_merge(dict(student, name=f"{student.get('name', 'student')}-distilled"), overlay)
