@@ -262,12 +262,19 @@ def render(result: dict[str, Any], labels: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def build_benchmark(raw: dict[str, Any]) -> dict[str, Any]:
+    """:func:`build` with the benchmark's arms (``arms.py``): candidates, order, baselines and fallback rows."""
+    from arms import ARMS  # benchmarks/quality/arms.py
+
+    return build(raw, [a.name for a in ARMS if a.candidate], [a.name for a in ARMS],
+                 {a.name: a.baseline for a in ARMS}, tuple(a.name for a in ARMS if a.fallback))
+
+
 def write_report(raw_file: Path, out_dir: Path, tag: str | None = None) -> dict[str, Any]:
-    from arms import ARM_BY_NAME, ARMS  # benchmarks/quality/arms.py
+    from arms import ARM_BY_NAME  # benchmarks/quality/arms.py
 
     raw = json.loads(Path(raw_file).read_text())
-    result = build(raw, [a.name for a in ARMS if a.candidate], [a.name for a in ARMS],
-                   {a.name: a.baseline for a in ARMS}, tuple(a.name for a in ARMS if a.fallback))
+    result = build_benchmark(raw)
     tag = tag or Path(raw_file).stem
     labels = {name: arm.label for name, arm in ARM_BY_NAME.items()}
     (out_dir / f"results_{tag}.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -150,8 +150,7 @@ def test_committed_tables_render_from_the_committed_raw_runs(quality):
     arms, report = quality
     for md in sorted(QUALITY.glob("results_*.md")):
         raw = json.loads((QUALITY / f"raw_{md.stem.removeprefix('results_')}.json").read_text())
-        result = report.build(raw, [a.name for a in arms.ARMS if a.candidate], [a.name for a in arms.ARMS],
-                              {a.name: a.baseline for a in arms.ARMS}, tuple(a.name for a in arms.ARMS if a.fallback))
+        result = report.build_benchmark(raw)
         head = f"# Quality benchmark: {md.stem.removeprefix('results_')}\n\n{report.machines_line(raw)}\n\n"
         assert md.read_text() == head + report.render(result, {a.name: a.label for a in arms.ARMS}), md.name
 
