@@ -79,5 +79,12 @@ ARMS = [
 ARMS.append(Arm("rec_cwd_mix", "CWD T=1 + unlabelled, CutMix + pseudo-labels (balanced)", 6,
                 merge(UNLABELED, _kd(CWD, PSEUDO, BALANCE, {"cutmix": {"prob": 0.5, "area": 0.5}}))))
 ARM_BY_NAME = {a.name: a for a in ARMS}
+#: Which part of the recipe pays: (the recipe, the recipe without one part, that part). Each row of the report's
+#: "parts" table pairs the two arms seed by seed; its delta is what that part adds on top of the others.
+RECIPE_PARTS = [
+    ("rec_cwd", "pl_u", "the capped CWD term (beside the pseudo-labels on the images without labels)"),
+    ("rec_cwd", "rec_cwd_nopl", "the teacher's pseudo-labels on the images without labels"),
+    ("rec_cwd", "cwd_bal", "the images without labels, with their pseudo-labels"),
+]
 #: Arms some other arm is compared with: they run the headline's seeds (``--headline-seeds``).
 BASELINES = {a.baseline for a in ARMS}

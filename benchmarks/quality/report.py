@@ -13,6 +13,9 @@ The unit of a claim is the SEED: every arm's runs are paired with the student al
 ``medkd recipe`` rows: the recipe arm chosen on the validation split (``run.py`` records the choice), and the
 recipe with its fallback, which per seed keeps the distilled student only when its best validation Dice beats
 the student alone's (so the recommended path is never worse than the student alone on validation).
+
+``Which part of the recipe pays``: the recipe against each arm that drops one of its parts, with the same paired
+statistics (seed t-test, bootstrap, per-volume Wilcoxon).
 """
 
 from __future__ import annotations
@@ -122,9 +125,11 @@ def choose_recipe(best_val: dict[str, float | None], candidates: list[str], stud
 
 
 def build(raw: dict[str, Any], candidates: list[str], arm_order: list[str],
-          baselines: dict[str, str] | None = None, fallback_arms: tuple[str, ...] = ()) -> dict[str, Any]:
+          baselines: dict[str, str] | None = None, fallback_arms: tuple[str, ...] = (),
+          parts: tuple[tuple[str, str, str], ...] = ()) -> dict[str, Any]:
     """The tables' numbers: per student, each arm against its baseline arm (``baselines``, default ``alone``); the
-    chosen recipe with its fallback (row ``recipe``), and so each of ``fallback_arms`` (row ``fallback:<arm>``)."""
+    chosen recipe with its fallback (row ``recipe``), and so each of ``fallback_arms`` (row ``fallback:<arm>``);
+    and, per ``(full, without, part)`` of ``parts``, what that part adds (``full`` against ``without``)."""
     baselines = baselines or {}
     runs = raw["runs"]
     teacher = runs.get("teacher")
@@ -146,8 +151,19 @@ def build(raw: dict[str, Any], candidates: list[str], arm_order: list[str],
                 rows[f"fallback:{name}"] = _fallback_row(arms, name, teacher_dice)
         if choice is not None and choice["chosen"] in arms:
             rows["recipe"] = _fallback_row(arms, choice["chosen"], teacher_dice)
-        result["students"][student] = {"rows": rows}
+        result["students"][student] = {"rows": rows, "parts": [_part_row(arms, *part) for part in parts]}
     return result
+
+
+def _part_row(arms: dict[str, dict[int, dict[str, Any]]], full: str, without: str, part: str) -> dict[str, Any]:
+    """What ``part`` adds: ``full`` against ``without`` on the seeds both ran, each paired on one device where the
+    runs allow (``<without>@<device>``)."""
+    row: dict[str, Any] = {"full": full, "without": without, "part": part}
+    paired = same_device_baseline(arms.get(full, {}), arms, without)
+    if not paired:
+        return {**row, "seeds": [], "not_run": True}
+    stats = compare({s: arms[full][s] for s in paired}, paired, None)
+    return {**row, **stats, "without_mean": float(np.mean(list(_seed_means(paired).values())))}
 
 
 def _fallback_row(arms: dict[str, dict[int, dict[str, Any]]], name: str, teacher: float | None) -> dict[str, Any]:
@@ -187,7 +203,8 @@ def _seeds_text(by_device: dict[str, list[str]]) -> str:
     return "; ".join(f"{d}: seeds {', '.join(s)}" for d, s in by_device.items())
 
 
-def _devices_note(devices: dict[str, str | None], baseline_devices: dict[str, str | None] | None = None) -> str:
+def _devices_note(devices: dict[str, str | None], baseline_devices: dict[str, str | None] | None = None,
+                  baseline: str = "alone") -> str:
     """`` [cuda: seeds 0, 1, 2; cpu: seeds 3, 4]`` where an arm's seeds ran on more than one kind of device, and
     ``; paired alone on cuda: seeds 3, 4`` where a seed's baseline run ran on another device than the arm's."""
     by_device = _by_device(devices)
@@ -196,7 +213,7 @@ def _devices_note(devices: dict[str, str | None], baseline_devices: dict[str, st
         return ""
     note = _seeds_text(by_device)
     if moved:
-        note += f"; paired alone on {_seeds_text(_by_device(moved))}"
+        note += f"; paired {baseline} on {_seeds_text(_by_device(moved))}"
     return f" [{note}]"
 
 
@@ -239,11 +256,6 @@ def render(result: dict[str, Any], labels: dict[str, str]) -> str:
             if row.get("not_run"):
                 lines.append(f"| {labels.get(name, name)} | 0 | not run (see the README: What ran) | | | | | | |")
                 continue
-            st, bs, wv = row.get("seed_test", {}), row.get("bootstrap", {}), row.get("volume_wilcoxon", {})
-            ci = st.get("ci95")
-            ci_txt = f"{_p(st.get('p'))} [{_fmt(ci[0], signed=True)}, {_fmt(ci[1], signed=True)}]" if ci else \
-                _p(st.get("p"))
-            bci = bs.get("ci95")
             label = _label(name, labels)
             if "@" not in name and row.get("baseline", "alone") != "alone":
                 label += f" (vs {labels.get(row['baseline'], row['baseline'])})"
@@ -252,22 +264,50 @@ def render(result: dict[str, Any], labels: dict[str, str]) -> str:
                 label = f"{head} ({labels.get(row['arm'], row['arm'])}, with fallback; fell back on " \
                         f"seeds {row['fallback_seeds'] or 'none'})"
             label += _devices_note(row.get("devices", {}), row.get("baseline_devices"))
-            lines.append(
-                f"| {label} | {len(row['seeds'])} | {_fmt(row['mean'])} ± {_fmt(row['std'])} | "
-                f"{_fmt(st.get('delta'), signed=True)} | {ci_txt} | "
-                f"{st.get('wins', '-')}/{st.get('n', '-')} | "
-                f"{'[' + _fmt(bci[0], signed=True) + ', ' + _fmt(bci[1], signed=True) + ']' if bci else '-'} | "
-                f"{_p(wv.get('p'))} | {_fmt(row.get('gap_closed'), 2)} |")
+            lines.append(f"| {label} | {len(row['seeds'])} | {_fmt(row['mean'])} ± {_fmt(row['std'])} | "
+                         f"{_stat_cells(row)} | {_fmt(row.get('gap_closed'), 2)} |")
         lines.append("")
+        lines += _render_parts(student, block.get("parts", []), labels)
     return "\n".join(lines)
 
 
+def _stat_cells(row: dict[str, Any]) -> str:
+    """The paired columns of a row: Δ | seed t-test p [95% CI] | wins | hierarchical bootstrap | Wilcoxon p."""
+    st, bs, wv = row.get("seed_test", {}), row.get("bootstrap", {}), row.get("volume_wilcoxon", {})
+    ci, bci = st.get("ci95"), bs.get("ci95")
+    ci_txt = f"{_p(st.get('p'))} [{_fmt(ci[0], signed=True)}, {_fmt(ci[1], signed=True)}]" if ci else _p(st.get("p"))
+    bci_txt = f"[{_fmt(bci[0], signed=True)}, {_fmt(bci[1], signed=True)}]" if bci else "-"
+    return (f"{_fmt(st.get('delta'), signed=True)} | {ci_txt} | {st.get('wins', '-')}/{st.get('n', '-')} | "
+            f"{bci_txt} | {_p(wv.get('p'))}")
+
+
+def _render_parts(student: str, parts: list[dict[str, Any]], labels: dict[str, str]) -> list[str]:
+    """The table of what each part of the recipe adds (the recipe against the recipe without that part)."""
+    if not parts:
+        return []
+    recipe = ", ".join(sorted({f"`{row['full']}`" for row in parts}))
+    lines = [f"Which part of the recipe pays ({student}): the recipe ({recipe}) against the recipe without one part, "
+             "seed by seed (Δ: what that part adds on top of the others).", "",
+             "| part | without it (arm) | seeds | recipe | without it | Δ (seed-paired) | seed t-test p [95% CI] | "
+             "wins | hier. bootstrap 95% CI | per-volume Wilcoxon p |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in parts:
+        arm = labels.get(row["without"], row["without"])
+        if row.get("not_run"):
+            lines.append(f"| {row['part']} | {arm} | 0 | not run (see the README: What ran) | | | | | | |")
+            continue
+        note = _devices_note(row["devices"], row["baseline_devices"], f"'{row['without']}'")
+        lines.append(f"| {row['part']}{note} | {arm} | {len(row['seeds'])} | {_fmt(row['mean'])} | "
+                     f"{_fmt(row['without_mean'])} | {_stat_cells(row)} |")
+    return lines + [""]
+
+
 def build_benchmark(raw: dict[str, Any]) -> dict[str, Any]:
-    """:func:`build` with the benchmark's arms (``arms.py``): candidates, order, baselines and fallback rows."""
-    from arms import ARMS  # benchmarks/quality/arms.py
+    """:func:`build` with the benchmark's arms (``arms.py``): candidates, order, baselines, fallback rows and the
+    recipe's parts."""
+    from arms import ARMS, RECIPE_PARTS  # benchmarks/quality/arms.py
 
     return build(raw, [a.name for a in ARMS if a.candidate], [a.name for a in ARMS],
-                 {a.name: a.baseline for a in ARMS}, tuple(a.name for a in ARMS if a.fallback))
+                 {a.name: a.baseline for a in ARMS}, tuple(a.name for a in ARMS if a.fallback), tuple(RECIPE_PARTS))
 
 
 def write_report(raw_file: Path, out_dir: Path, tag: str | None = None) -> dict[str, Any]:

@@ -188,3 +188,26 @@ def test_a_run_is_expected_to_take_what_runs_of_its_student_took_per_epoch(monke
     assert run._expected_seconds(jobs, job("enet-rec_cwd-s4", 60), 5) == pytest.approx(1.1 * 2400)
     assert run._expected_seconds(jobs, job("erfnet-alone-s0", 30), 5) == pytest.approx(1.1 * 1200)  # any student
     assert run._expected_seconds(jobs[2:], job("enet-alone-s0", 60), 5) == 5  # the teacher does not count
+
+
+def test_the_parts_table_pairs_the_recipe_with_the_recipe_without_each_part(quality):
+    arms, report = quality
+    runs = {f"unet_s1-alone-s{s}": {**_run(0.70, s), "device": "cuda"} for s in range(3)}
+    runs |= {f"unet_s1-rec_cwd-s{s}": {**_run(0.75, s), "device": "cuda"} for s in range(3)}
+    runs |= {f"unet_s1-pl_u-s{s}": {**_run(0.74, s), "device": "cpu"} for s in (0, 1)}
+    runs |= {"unet_s1-pl_u-s1@cuda": {**_run(0.746, 1), "device": "cuda"}}
+    parts = (("rec_cwd", "pl_u", "the CWD term"), ("rec_cwd", "rec_cwd_nopl", "the pseudo-labels"))
+    result = report.build({"runs": runs}, ["rec_cwd"], ["alone", "rec_cwd", "pl_u"], None, (), parts)
+    cwd_term, pseudo = result["students"]["unet_s1"]["parts"]
+    assert cwd_term["seeds"] == [0, 1] and cwd_term["baseline_devices"] == {"0": "cpu", "1": "cuda"}
+    assert cwd_term["seed_test"]["delta"] == pytest.approx((0.01 + 0.004) / 2)  # seed 1 against its cuda twin
+    assert cwd_term["mean"] == pytest.approx(np.mean([0.75 + 0.035, 0.75 + 0.037]))
+    assert cwd_term["without_mean"] == pytest.approx(np.mean([0.74 + 0.035, 0.746 + 0.037]))
+    assert pseudo["not_run"] and pseudo["seeds"] == []
+    text = report.render(result, {"pl_u": "pseudo-labels only", "rec_cwd_nopl": "no pseudo-labels"})
+    assert "the recipe (`rec_cwd`) against the recipe without one part" in text
+    assert "| the CWD term [cuda: seeds 0, 1; paired 'pl_u' on cpu: seeds 0] | pseudo-labels only | 2 | 0.786 | " \
+           "0.779 | +0.007 |" in text
+    assert "| the pseudo-labels | no pseudo-labels | 0 | not run" in text
+    assert {full for full, _, _ in arms.RECIPE_PARTS} == {"rec_cwd"}
+    assert {without for _, without, _ in arms.RECIPE_PARTS} <= set(arms.ARM_BY_NAME)
