@@ -206,7 +206,8 @@ def _seeds_text(by_device: dict[str, list[str]]) -> str:
 def _devices_note(devices: dict[str, str | None], baseline_devices: dict[str, str | None] | None = None,
                   baseline: str = "alone") -> str:
     """`` [cuda: seeds 0, 1, 2; cpu: seeds 3, 4]`` where an arm's seeds ran on more than one kind of device, and
-    ``; paired alone on cuda: seeds 3, 4`` where a seed's baseline run ran on another device than the arm's."""
+    ``; paired alone on cuda: seeds 3, 4`` where a seed's baseline run (``baseline`` names it) ran on another device
+    than the arm's."""
     by_device = _by_device(devices)
     moved = {s: d for s, d in (baseline_devices or {}).items() if d != devices.get(s)}
     if len(by_device) < 2 and not moved:
