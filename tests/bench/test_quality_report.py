@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -211,3 +212,17 @@ def test_the_parts_table_pairs_the_recipe_with_the_recipe_without_each_part(qual
     assert "| the pseudo-labels | no pseudo-labels | 0 | not run" in text
     assert {full for full, _, _ in arms.RECIPE_PARTS} == {"rec_cwd"}
     assert {without for _, without, _ in arms.RECIPE_PARTS} <= set(arms.ARM_BY_NAME)
+
+
+def test_the_driver_describes_its_machine_and_keeps_a_description_already_there(quality, tmp_path):
+    import torch
+
+    driver = importlib.import_module("run")  # benchmarks/quality/run.py
+    driver.describe_machine(tmp_path, "cpu", 1, 2)
+    machine = json.loads((tmp_path / "machine.json").read_text())
+    assert machine["gpu"] is None and machine["torch"] == torch.__version__
+    assert machine["cpu"].endswith(f", {os.cpu_count()} cores")
+    assert machine["note"] == "1 run(s) at a time, 2 torch threads"
+    (tmp_path / "machine.json").write_text('{"gpu": "NVIDIA H200", "note": "written by gpu.sh"}')
+    driver.describe_machine(tmp_path, "cuda", 16, 1)
+    assert json.loads((tmp_path / "machine.json").read_text())["note"] == "written by gpu.sh"
