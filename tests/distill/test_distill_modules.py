@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from medkd.distill import functional as KF
-from medkd.distill.losses import DistillLoss, create_loss, list_losses, loss_info
+from medkd.distill.losses import DistillLoss, ProjectionHead, create_loss, list_losses, loss_info
 from medkd.errors import ConfigError
 
 ALL = ["adaptive_affinity", "affinity", "attention_map", "bottleneck_kl", "contrastive", "cwd", "dist",
@@ -184,6 +184,29 @@ def test_contrastive_heads_and_modes():
     with pytest.raises(ConfigError, match="label"):
         pix(s, t, {})
     assert torch.isfinite(pix(s, t, b))
+
+
+def test_projection_head_pools_first_without_changing_the_function():
+    """METHODS.md's head (no activation) pools before its 1x1 conv: the same embeddings and gradients as
+    conv -> pool -> linear, written out here; ``relu`` keeps the conv's full-resolution map."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 5, 12, 10, generator=g, requires_grad=True)
+    head = ProjectionHead(2, 5, dim=7)
+    z = head(x)
+    reference = F.normalize(head.linear(head.conv(x).flatten(2).mean(-1)), dim=1)
+    assert torch.allclose(z, reference, atol=1e-6)
+    (gz,) = torch.autograd.grad(z.square().sum() + z[:, 0].sum(), x)
+    (gr,) = torch.autograd.grad(reference.square().sum() + reference[:, 0].sum(), x)
+    assert torch.allclose(gz, gr, atol=1e-6)
+    relu = ProjectionHead(2, 5, dim=7, activation="relu")
+    relu.load_state_dict(head.state_dict())
+    expected = F.normalize(relu.linear(F.relu(relu.conv(x)).flatten(2).mean(-1)), dim=1)
+    assert torch.allclose(relu(x), expected, atol=1e-6) and not torch.allclose(relu(x), z, atol=1e-3)
+    with pytest.raises(ConfigError, match="gelu"):
+        ProjectionHead(2, 5, activation="gelu")
+    with pytest.raises(ConfigError, match="head_activation"):
+        create_loss("contrastive", head_activation="tanh")
+    assert create_loss("contrastive", head_activation="relu").head_activation == "relu"
 
 
 def test_contrastive_pixel_mode_large_map_respects_anchor_cap():

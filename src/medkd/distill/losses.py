@@ -56,6 +56,7 @@ __all__ = [
     "DistillLoss",
     "FeatureAdapter",
     "FeatureMSELoss",
+    "HEAD_ACTIVATIONS",
     "KDNetSoftLabelLoss",
     "KernelMatrixLoss",
     "LOSS_REGISTRY",
@@ -138,28 +139,46 @@ class FeatureAdapter(nn.Module):
         return KF.resize_to(self.conv(x), tuple(size))
 
 
-class ProjectionHead(nn.Module):
-    """Contrastive projection head: 1x1 conv -> ReLU -> global average pool -> linear -> L2-normalise.
+#: What may follow a projection head's 1x1 conv (``ContrastiveLoss(head_activation=...)``).
+HEAD_ACTIVATIONS = ("none", "relu")
 
-    The ReLU keeps the head non-linear (without it, conv + pool + linear would collapse into one linear map).
-    ``pixel=True`` skips the pooling: the linear layer is applied at every position and each pixel embedding is
-    L2-normalised along the channel axis, giving ``(B, dim, *spatial)``.
+
+class ProjectionHead(nn.Module):
+    """Contrastive projection head (METHODS.md item 4): 1x1 conv -> global average pool -> linear -> L2-normalise.
+
+    ``activation="none"`` is the head as METHODS.md writes it. The 1x1 conv and the pooling are both linear, so
+    they commute: the head pools first and applies the conv's weights to the ``(B, C)`` means, which is exactly
+    the same function at a fraction of the cost (no ``(B, dim, *spatial)`` map to build and differentiate).
+    ``activation="relu"`` puts a ReLU after the conv (medkd's earlier head; not in METHODS.md), which keeps the
+    head non-linear but needs the full-resolution map. ``pixel=True`` skips the pooling: the linear layer is
+    applied at every position and each pixel embedding is L2-normalised along the channel axis, giving
+    ``(B, dim, *spatial)``.
 
     Args:
         spatial_dims: 1, 2 or 3.
         in_channels: channels of the tapped features.
         dim: embedding dimension ``d``.
         pixel: per-pixel embeddings instead of one per image.
+        activation: ``"none"`` (METHODS.md) or ``"relu"`` after the 1x1 conv.
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, dim: int = 128, pixel: bool = False) -> None:
+    def __init__(self, spatial_dims: int, in_channels: int, dim: int = 128, pixel: bool = False,
+                 activation: str = "none") -> None:
         super().__init__()
+        if activation not in HEAD_ACTIVATIONS:
+            raise unknown_name_error("projection head activation", str(activation), HEAD_ACTIVATIONS)
         self.conv = _conv1x1(spatial_dims, in_channels, dim)
         self.linear = nn.Linear(dim, dim)
         self.pixel = pixel
+        self.activation = activation
 
     def forward(self, x: Tensor) -> Tensor:
-        h = F.relu(self.conv(x))
+        if not self.pixel and self.activation == "none":
+            pooled = x.flatten(2).mean(-1)  # GAP(conv(x)) == conv(GAP(x)) for a 1x1 conv
+            return F.normalize(self.linear(F.linear(pooled, self.conv.weight.flatten(1), self.conv.bias)), dim=1)
+        h = self.conv(x)
+        if self.activation == "relu":
+            h = F.relu(h)
         if self.pixel:
             return F.normalize(self.linear(h.movedim(1, -1)).movedim(-1, 1), dim=1)
         return F.normalize(self.linear(h.flatten(2).mean(-1)), dim=1)
@@ -650,6 +669,7 @@ class ContrastiveLoss(DistillLoss):
         symmetric: add the teacher-to-student direction.
         mode: ``"image"`` (InfoNCE over the batch) or ``"pixel"`` (supervised pixel contrast).
         max_anchors: pixel mode: sampled pixels per batch (memory ``O(max_anchors^2)``).
+        head_activation: ``"none"`` (METHODS.md's head: 1x1 conv, pool, linear) or ``"relu"`` after the conv.
     """
 
     description = "InfoNCE between projected student/teacher features per scale (thesis B); mode image|pixel"
@@ -659,7 +679,7 @@ class ContrastiveLoss(DistillLoss):
     def __init__(self, *, taps: Sequence[str] = ("encoder", "bottleneck", "decoder"), tap: str | None = None,
                  student_tap: str | None = None, teacher_tap: str | None = None, dim: int = 128,
                  temperature: float = 0.4, symmetric: bool = False, mode: str = "image",
-                 max_anchors: int = 1024) -> None:
+                 max_anchors: int = 1024, head_activation: str = "none") -> None:
         super().__init__()
         if isinstance(taps, str):
             taps = (taps,)
@@ -680,7 +700,9 @@ class ContrastiveLoss(DistillLoss):
             )
         self.student_taps, self.teacher_taps = tuple(s_taps), tuple(t_taps)
         self.dim, self.temperature, self.symmetric = int(dim), float(temperature), bool(symmetric)
-        self.mode, self.max_anchors = mode, int(max_anchors)
+        if head_activation not in HEAD_ACTIVATIONS:
+            raise unknown_name_error("contrastive head_activation", str(head_activation), HEAD_ACTIVATIONS)
+        self.mode, self.max_anchors, self.head_activation = mode, int(max_anchors), head_activation
         self.needs_label = mode == "pixel"
         self.student_heads = nn.ModuleList()
         self.teacher_heads = nn.ModuleList()
@@ -695,8 +717,9 @@ class ContrastiveLoss(DistillLoss):
                 raise ConfigError(
                     f"loss 'contrastive': tap {self.student_taps[i]!r} must be a (B, C, *spatial) feature map"
                 )
-            self.student_heads.append(ProjectionHead(s.dim() - 2, s.shape[1], self.dim, pixel).to(s.device))
-            self.teacher_heads.append(ProjectionHead(t.dim() - 2, t.shape[1], self.dim, pixel).to(s.device))
+            act = self.head_activation
+            self.student_heads.append(ProjectionHead(s.dim() - 2, s.shape[1], self.dim, pixel, act).to(s.device))
+            self.teacher_heads.append(ProjectionHead(t.dim() - 2, t.shape[1], self.dim, pixel, act).to(s.device))
 
     def _compute(self, student_feats, teacher_feats, batch):
         total = None
