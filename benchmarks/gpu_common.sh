@@ -1,18 +1,13 @@
 # Shared by the one-call device scripts (benchmarks/quality/gpu.sh, benchmarks/studies/gpu.sh); source it.
-# write_machine_json DIR: the GPU, CPU and torch of this machine -> DIR/machine.json.
+# write_machine_json DIR: the GPU, CPU model and cores and torch of this machine -> DIR/machine.json
+#   (medkd.measure.machine, the writer benchmarks/quality/run.py uses too; medkd must be importable).
 # start_mps SCRATCH: start CUDA MPS when USE_MPS is set (pipes under SCRATCH); falls back to plain CUDA.
 # install_wheels SCRATCH SRC: when WHEELS is set, install the wheels in WHEELS into SCRATCH/site and put that folder
 #   and SRC (medkd's source) on PYTHONPATH; fails (status 3) when pip does.
 
 write_machine_json() {
-  python3 - "$1" <<'PY'
-import json, os, sys, platform, torch
-gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-json.dump({"gpu": gpu, "cpu": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
-           "note": "runs in parallel on one GPU" + (" under CUDA MPS" if os.environ.get("USE_MPS") else "")},
-          open(os.path.join(sys.argv[1], "machine.json"), "w"))
-print("machine:", gpu, torch.__version__)
-PY
+  python3 -c 'import sys; from medkd.measure.machine import main; main(sys.argv[1:])' "$1" --device cuda \
+    --note "runs in parallel on one GPU${USE_MPS:+ under CUDA MPS}"
 }
 
 start_mps() {

@@ -163,19 +163,13 @@ def describe_machine(work: Path, device: str, parallel: int, threads: int) -> No
     """Write ``work/machine.json`` (GPU, CPU model and cores, torch, how the runs shared it) unless it exists.
 
     ``collect`` copies it into ``raw.json``, so the report names the machine of every run; ``gpu.sh`` writes
-    its own first (it knows about CUDA MPS), which this keeps.
+    its own first with the same writer (it knows about CUDA MPS), which this keeps.
     """
-    path = work / "machine.json"
-    if path.is_file():
-        return
-    import torch
+    from medkd.measure.machine import write_runs_machine
 
-    from medkd.measure.machine import cpu_model
-
-    gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else None
-    sharing = "runs in parallel on one GPU" if gpu and parallel > 1 else f"{parallel} run(s) at a time"
-    path.write_text(json.dumps({"gpu": gpu, "cpu": f"{cpu_model()}, {os.cpu_count()} cores",
-                                "torch": torch.__version__, "note": f"{sharing}, {threads} torch threads"}))
+    sharing = ("runs in parallel on one GPU" if device.startswith("cuda") and parallel > 1
+               else f"{parallel} run(s) at a time")
+    write_runs_machine(work, device, f"{sharing}, {threads} torch threads", keep=True)
 
 
 def schedule(args: argparse.Namespace) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -21,6 +22,22 @@ def test_machine_info_fields_and_order():
     assert info["logical_cores"] == os.cpu_count() and info["torch"] == torch.__version__
     assert info["torch_threads"] == torch.get_num_threads() and info["cpu"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", info["date_utc"])
+
+
+def test_runs_machine_is_written_once_by_one_writer(tmp_path):
+    """The record beside a folder of benchmark runs: the GPU scripts call the module, the drivers the function."""
+    record = machine.runs_machine("cpu", "1 run(s) at a time")
+    assert record == {"gpu": None, "cpu": f"{machine.cpu_model()}, {os.cpu_count()} cores",
+                      "torch": torch.__version__, "note": "1 run(s) at a time"}
+    call = "import sys; from medkd.measure.machine import main; main(sys.argv[1:])"  # as benchmarks/gpu_common.sh
+    cmd = [sys.executable, "-c", call, str(tmp_path), "--device", "cpu", "--note", "shared"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    written = json.loads((tmp_path / "machine.json").read_text())
+    assert written["note"] == "shared" and written["gpu"] is None and out.startswith("machine: ")
+    machine.write_runs_machine(tmp_path, "cpu", "another", keep=True)
+    assert json.loads((tmp_path / "machine.json").read_text())["note"] == "shared"
+    machine.write_runs_machine(tmp_path, "cpu", "another")
+    assert json.loads((tmp_path / "machine.json").read_text())["note"] == "another"
 
 
 def test_load_average_is_three_rounded_values():

@@ -1,14 +1,20 @@
-"""One description of the machine a measurement ran on: CPU, cores, library versions, load average, time."""
+"""One description of the machine a measurement ran on: CPU, cores, library versions, load average, time.
+
+:func:`main` (``FOLDER --device cuda --note TEXT``) writes ``FOLDER/machine.json`` (:func:`write_runs_machine`),
+the record the GPU scripts under ``benchmarks/`` leave beside their runs (``benchmarks/gpu_common.sh``).
+"""
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
+import json
 import os
 import platform
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cpu_model", "load_average", "machine_info", "utc_now"]
+__all__ = ["cpu_model", "load_average", "machine_info", "runs_machine", "utc_now", "write_runs_machine"]
 
 
 def cpu_model() -> str:
@@ -58,3 +64,33 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "date_utc": utc_now(),
     }
+
+
+def runs_machine(device: str, note: str) -> dict[str, Any]:
+    """What a folder of benchmark runs ran on: the GPU (None unless ``device`` is CUDA and one is there), the
+    CPU model and its logical cores, torch, and ``note`` (how the runs shared the machine)."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else None
+    return {"gpu": gpu, "cpu": f"{cpu_model()}, {os.cpu_count()} cores", "torch": torch.__version__, "note": note}
+
+
+def write_runs_machine(folder: Path, device: str, note: str, keep: bool = False) -> Path:
+    """Write :func:`runs_machine` to ``folder/machine.json``; with ``keep``, a description already there stays."""
+    path = Path(folder) / "machine.json"
+    if not (keep and path.is_file()):
+        path.write_text(json.dumps(runs_machine(device, note)), encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line of :func:`write_runs_machine`: ``FOLDER [--device cuda] [--note TEXT] [--keep]``."""
+    parser = argparse.ArgumentParser(prog="medkd.measure.machine", description=main.__doc__)
+    parser.add_argument("folder", type=Path, help="folder that receives machine.json")
+    parser.add_argument("--device", default="cuda", help="cpu or cuda (the GPU is named only for cuda)")
+    parser.add_argument("--note", default="", help="how the runs shared the machine")
+    parser.add_argument("--keep", action="store_true", help="keep a machine.json already there")
+    args = parser.parse_args(argv)
+    path = write_runs_machine(args.folder, args.device, args.note, args.keep)
+    record = json.loads(path.read_text(encoding="utf-8"))
+    print("machine:", record["gpu"] or record["cpu"], record["torch"])
