@@ -14,6 +14,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from medkd.io import atomic_write_json
+
 __all__ = ["cpu_model", "load_average", "machine_info", "runs_machine", "utc_now", "write_runs_machine"]
 
 
@@ -79,7 +81,7 @@ def write_runs_machine(folder: Path, device: str, note: str, keep: bool = False)
     """Write :func:`runs_machine` to ``folder/machine.json``; with ``keep``, a description already there stays."""
     path = Path(folder) / "machine.json"
     if not (keep and path.is_file()):
-        path.write_text(json.dumps(runs_machine(device, note)), encoding="utf-8")
+        atomic_write_json(path, runs_machine(device, note))
     return path
 
 
