@@ -21,6 +21,7 @@ Usage::
 
     python benchmarks/losses/run.py                # writes losses_cpu.json and losses_cpu.md beside this file
     python benchmarks/losses/run.py --scale tiny   # smoke test (small shapes), writes nothing unless --out-dir
+    python benchmarks/losses/run.py --terms contrastive_image --merge   # re-measure rows, keep the others
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ from pathlib import Path
 import torch
 
 from medkd.distill.losses import create_loss
+from medkd.io import atomic_write_json, atomic_write_text
 from medkd.measure.machine import machine_info as measure_machine_info
+from medkd.measure.machine import utc_now
 from medkd.measure.memory import rusage_peak_mib
 from medkd.measure.tables import markdown_table
 from medkd.measure.timing import summarize, time_ms
@@ -166,7 +169,17 @@ def render_md(result: dict) -> str:
     head = ["term", "dim", "median fwd+bwd (ms)", "min (ms)", "repeats", "peak RSS growth (MiB)",
             "saved for backward (MiB)", "extra params"]
     lines += markdown_table(head, [_cells(r) for r in result["results"]], "ll" + "r" * 6)
+    later = [f"{r['term']} {r['dim']} ({r['measured_utc'][:10]})" for r in result["results"] if "measured_utc" in r]
+    if later:
+        lines += ["", "Re-measured later with `--merge` (same machine kind, date): " + ", ".join(later) + "."]
     return "\n".join(lines) + "\n"
+
+
+def merge_results(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` rows with each (term, dim) that ``new`` measured replaced in place; new pairs appended."""
+    fresh = {(r["term"], r["dim"]): r for r in new}
+    merged = [fresh.pop((r["term"], r["dim"]), r) for r in old]
+    return merged + list(fresh.values())
 
 
 def _cells(r: dict) -> list:
@@ -205,32 +218,29 @@ def _run_passes(args: argparse.Namespace) -> list[dict]:
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=sorted(SHAPES), default="full")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--budget", type=float, default=40.0, help="seconds of timed repeats per term at most")
-    parser.add_argument("--passes", type=int, default=2, help="independent passes; the lowest median is kept")
-    parser.add_argument("--terms", nargs="*", default=list(TERMS), choices=list(TERMS))
-    parser.add_argument("--dims", nargs="*", default=["2d", "3d"], choices=["2d", "3d"])
-    parser.add_argument("--out-dir", type=Path, default=None)
-    parser.add_argument("--worker", nargs=2, metavar=("TERM", "DIM"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+def _previous_result(parser: argparse.ArgumentParser, out_dir: Path | None, scale: str, machine: dict) -> dict:
+    """The result ``--merge`` updates; an error unless it is there, at ``scale``, from the same CPU, cores, torch."""
+    if out_dir is None or not (out_dir / "losses_cpu.json").is_file():
+        parser.error("--merge needs losses_cpu.json in the output folder")
+    previous = json.loads((out_dir / "losses_cpu.json").read_text())
+    was = previous["machine"]
+    if (was["cpu"], was["cpu_count"], was["torch"]) != (machine["cpu"], machine["cpu_count"], machine["torch"]):
+        parser.error(f"--merge: losses_cpu.json was measured on {was['cpu']} ({was['cpu_count']} cores, torch "
+                     f"{was['torch']}), not this machine: re-measure every row instead")
+    if previous["scale"] != scale:
+        parser.error(f"--merge: losses_cpu.json holds scale {previous['scale']!r}, not {scale!r}")
+    return previous
 
-    if args.worker:
-        print(json.dumps(worker(args.worker[0], args.worker[1], args.scale, args.repeats, args.budget)))
-        return
 
-    out_dir = args.out_dir or (HERE if args.scale == "full" else None)
-    results = _run_passes(args)
-
-    b2, s2 = SHAPES[args.scale]["2d"]
-    b3, s3 = SHAPES[args.scale]["3d"]
+def _payload(scale: str, machine: dict, results: list[dict]) -> dict:
+    """The JSON this benchmark writes: machine, shapes, methods and one row per (term, dim)."""
+    b2, s2 = SHAPES[scale]["2d"]
+    b3, s3 = SHAPES[scale]["3d"]
     f2 = "x".join(str(max(1, s // REDUCTION)) for s in s2)
     f3 = "x".join(str(max(1, s // REDUCTION)) for s in s3)
-    result = {
-        "machine": machine_info(),
-        "scale": args.scale,
+    return {
+        "machine": machine,
+        "scale": scale,
         "shapes_note": (
             f"2D logits {b2}x{CLASSES}x{'x'.join(map(str, s2))}, features student {b2}x{STUDENT_CH}x{f2} / teacher "
             f"{b2}x{TEACHER_CH}x{f2}; 3D logits {b3}x{CLASSES}x{'x'.join(map(str, s3))}, features student "
@@ -249,10 +259,38 @@ def main() -> None:
         "all pass medians are kept in pass_medians_s",
         "results": results,
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", choices=sorted(SHAPES), default="full")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--budget", type=float, default=40.0, help="seconds of timed repeats per term at most")
+    parser.add_argument("--passes", type=int, default=2, help="independent passes; the lowest median is kept")
+    parser.add_argument("--terms", nargs="*", default=list(TERMS), choices=list(TERMS))
+    parser.add_argument("--dims", nargs="*", default=["2d", "3d"], choices=["2d", "3d"])
+    parser.add_argument("--out-dir", type=Path, default=None)
+    parser.add_argument("--merge", action="store_true",
+                        help="replace only the measured rows of the JSON already in the output folder")
+    parser.add_argument("--worker", nargs=2, metavar=("TERM", "DIM"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], args.worker[1], args.scale, args.repeats, args.budget)))
+        return
+
+    out_dir = args.out_dir or (HERE if args.scale == "full" else None)
+    machine = machine_info()
+    previous = _previous_result(parser, out_dir, args.scale, machine) if args.merge else None
+    results = _run_passes(args)
+    if previous is not None:
+        machine, stamp = previous["machine"], utc_now()
+        results = merge_results(previous["results"], [{**r, "measured_utc": stamp} for r in results])
+    result = _payload(args.scale, machine, results)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "losses_cpu.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out_dir / "losses_cpu.md").write_text(render_md(result))
+        atomic_write_json(out_dir / "losses_cpu.json", result)
+        atomic_write_text(out_dir / "losses_cpu.md", render_md(result))
         print(f"wrote {out_dir / 'losses_cpu.json'} and {out_dir / 'losses_cpu.md'}")
 
 

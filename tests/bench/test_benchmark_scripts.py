@@ -34,6 +34,31 @@ def test_losses_and_an_error_row():
     assert run.render_md(result).splitlines()[-1] == "| affinity | 3d | error: out of memory | | | | | |"
 
 
+def test_losses_merge_replaces_only_the_remeasured_rows_and_says_so():
+    run = _script("losses")
+    result = json.loads((BENCHMARKS / "losses" / "losses_cpu.json").read_text())
+    old = result["results"]
+    fresh = {**old[4], "median_s": 0.001, "measured_utc": "2026-12-06T16:00:00Z"}
+    merged = run.merge_results(old, [fresh, {"term": "new_term", "dim": "2d", "error": "x"}])
+    assert len(merged) == len(old) + 1 and merged[4] is fresh and merged[-1]["term"] == "new_term"
+    assert all(a is b for i, (a, b) in enumerate(zip(old, merged)) if i != 4)
+    lines = run.render_md({**result, "results": merged}).splitlines()
+    assert lines[-1] == f"Re-measured later with `--merge` (same machine kind, date): {old[4]['term']} 2d (2026-12-06)."
+
+
+def test_losses_merge_refuses_another_machine_or_scale(tmp_path, capsys):
+    run = _script("losses")
+    result = json.loads((BENCHMARKS / "losses" / "losses_cpu.json").read_text())
+    (tmp_path / "losses_cpu.json").write_text(json.dumps(result))
+    parser = run.argparse.ArgumentParser(prog="run.py")
+    same = result["machine"]
+    assert run._previous_result(parser, tmp_path, result["scale"], same)["results"] == result["results"]
+    for scale, machine in [("tiny", same), (result["scale"], {**same, "cpu": "another CPU"})]:
+        with pytest.raises(SystemExit) as exit_info:
+            run._previous_result(parser, tmp_path, scale, machine)
+        assert exit_info.value.code == 2 and "--merge" in capsys.readouterr().err
+
+
 def test_losses_machine_record():
     machine = _script("losses").machine_info()
     assert list(machine) == ["platform", "python", "torch", "cpu", "cpu_count", "torch_threads", "note"]
