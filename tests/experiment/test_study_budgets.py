@@ -76,3 +76,18 @@ def test_cpu_budget_grid_matches_gpu_rows_and_says_whether_it_was_measured(name:
     b = preset.budgets["cpu"]
     assert ("UNTESTED" in b.description) != ("MEASURED" in b.description)
     assert "2-core CPU" in b.hardware and len(b.cuts) >= 3
+
+
+def test_thesis_b_cpu_students_take_the_budgets_optimizer_and_the_teacher_keeps_its_own() -> None:
+    preset = load_preset(EXPERIMENTS / "thesis_b_acdc.yaml")
+    runs = expand_grid(preset, "cpu")
+    students = [r for r in runs if r.kind == "student"]
+    teacher = next(r for r in runs if r.kind == "teacher")
+    assert len(students) == 9
+    for run in students:  # the budget's student layer overrides the student spec's RMSprop
+        assert run.config["train"]["optimizer"]["name"] == "adam"
+        assert run.config["train"]["optimizer"]["lr"] == pytest.approx(3e-3)
+        assert run.config["train"]["scheduler"] == {"name": "cosine", "min_lr": pytest.approx(1e-5)}
+    assert teacher.config["train"]["optimizer"]["name"] == "adamw"
+    assert teacher.config["train"]["optimizer"]["lr"] == pytest.approx(1e-3)
+    assert any("RMSprop" in cut for cut in preset.budgets["cpu"].cuts)  # the deviation is said in the report
