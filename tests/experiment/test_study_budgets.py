@@ -17,6 +17,10 @@ def _rows(runs) -> set[str]:
     return {r.name.split("/", 1)[1].rsplit("/seed", 1)[0] for r in runs}
 
 
+def _student_rows(runs) -> set[tuple[str, str]]:
+    return {(r.model_key, r.objective) for r in runs if r.kind == "student"}
+
+
 @pytest.mark.parametrize("name", PRESETS)
 def test_recipe_row_is_the_packaged_recipe_on_the_presets_seg_loss(name: str) -> None:
     preset = load_preset(EXPERIMENTS / name)
@@ -71,7 +75,9 @@ def test_gpu_budget_grid(name: str, rows: set[str]) -> None:
 def test_cpu_budget_grid_matches_gpu_rows_and_says_whether_it_was_measured(name: str) -> None:
     preset = load_preset(EXPERIMENTS / name)
     cpu, gpu = expand_grid(preset, "cpu"), expand_grid(preset, "gpu")
-    assert _rows(cpu) == _rows(gpu) - {"student-s1/control-100"}
+    # the same student rows (which teacher may differ: paper A's cpu budget has a stand-in)
+    assert _student_rows(cpu) == _student_rows(gpu) - {("s1", "control-100")}
+    assert sum(r.kind == "teacher" for r in cpu) >= 1
     assert all(r.config["train"]["threads"] == 2 for r in cpu)
     b = preset.budgets["cpu"]
     assert ("UNTESTED" in b.description) != ("MEASURED" in b.description)
@@ -91,3 +97,16 @@ def test_thesis_b_cpu_students_take_the_budgets_optimizer_and_the_teacher_keeps_
     assert teacher.config["train"]["optimizer"]["name"] == "adamw"
     assert teacher.config["train"]["optimizer"]["lr"] == pytest.approx(1e-3)
     assert any("RMSprop" in cut for cut in preset.budgets["cpu"].cuts)  # the deviation is said in the report
+
+
+def test_paper_a_cpu_budget_trains_the_unet_stand_in_on_every_source_volume() -> None:
+    preset = load_preset(EXPERIMENTS / "paper_a_acdc.yaml")
+    runs = expand_grid(preset, "cpu")
+    teachers = [r for r in runs if r.kind == "teacher"]
+    assert [r.config["model"]["name"] for r in teachers] == ["monai.UNet"]
+    assert all(r.teacher_run == teachers[0].name for r in runs if r.kind == "student" and r.teacher_run)
+    assert all(r.config["data"].get("max_cases") is None for r in runs)  # no cap on the source sites' volumes
+    assert any("stands in" in cut for cut in preset.budgets["cpu"].cuts)
+    # the seed's own teachers stay the full budget's; the stand-in is the cpu budget's alone
+    assert {r.model_key for r in expand_grid(preset, "full") if r.kind == "teacher"} == {"unetplusplus",
+                                                                                      "deeplabv3plus"}
