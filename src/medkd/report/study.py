@@ -23,6 +23,7 @@ import yaml
 from medkd.errors import MedkdError
 from medkd.experiment.collect import RunRecord, collect_runs, load_records
 from medkd.io import atomic_write_json
+from medkd.report.balance import balance_section
 from medkd.report.context import (
     MIN_SEEDS,
     N_BOOT,
@@ -256,6 +257,7 @@ def render_report(folder: str | Path, out: str | Path | None = None, note: str |
     for line in _headline_summary(ctx, stats) or ["(headline runs not finished)"]:
         doc.paragraph(line)
     LAYOUTS[index.get("study") or "generic"](doc, ctx, stats)
+    balance_section(doc, ctx, stats)
     doc.heading("Closing note", 2)
     doc.paragraph(_closing_note(ctx, stats))
     doc.heading("How to read the statistics", 3)
