@@ -17,8 +17,9 @@ def _rows(runs) -> set[str]:
     return {r.name.split("/", 1)[1].rsplit("/seed", 1)[0] for r in runs}
 
 
-def _student_rows(runs) -> set[tuple[str, str]]:
-    return {(r.model_key, r.objective) for r in runs if r.kind == "student"}
+def _rows_with_teacher(rows: set[str], old: str, new: str) -> set[str]:
+    """``rows`` with teacher ``old`` named ``new`` (its own row and the students distilled from it)."""
+    return {row.replace(f"teacher-{old}", f"teacher-{new}").replace(f"-from-{old}", f"-from-{new}") for row in rows}
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -75,9 +76,10 @@ def test_gpu_budget_grid(name: str, rows: set[str]) -> None:
 def test_cpu_budget_grid_matches_gpu_rows_and_says_whether_it_was_measured(name: str) -> None:
     preset = load_preset(EXPERIMENTS / name)
     cpu, gpu = expand_grid(preset, "cpu"), expand_grid(preset, "gpu")
-    # the same student rows (which teacher may differ: paper A's cpu budget has a stand-in)
-    assert _student_rows(cpu) == _student_rows(gpu) - {("s1", "control-100")}
-    assert sum(r.kind == "teacher" for r in cpu) >= 1
+    gpu_rows = _rows(gpu)  # the same rows, the cpu budget's teacher in place of the gpu one (paper A's stand-in)
+    for old, new in zip(preset.budgets["gpu"].teachers or [], preset.budgets["cpu"].teachers or [], strict=True):
+        gpu_rows = _rows_with_teacher(gpu_rows, old, new)
+    assert _rows(cpu) == gpu_rows - {"student-s1/control-100"}
     assert all(r.config["train"]["threads"] == 2 for r in cpu)
     b = preset.budgets["cpu"]
     assert ("UNTESTED" in b.description) != ("MEASURED" in b.description)
