@@ -86,19 +86,20 @@ def test_cpu_budget_grid_matches_gpu_rows_and_says_whether_it_was_measured(name:
     assert "2-core CPU" in b.hardware and len(b.cuts) >= 3
 
 
-def test_thesis_b_cpu_students_take_the_budgets_optimizer_and_the_teacher_keeps_its_own() -> None:
+@pytest.mark.parametrize("budget", ["cpu", "gpu"])
+def test_thesis_b_students_take_the_budgets_optimizer_and_the_teacher_keeps_its_own(budget: str) -> None:
     preset = load_preset(EXPERIMENTS / "thesis_b_acdc.yaml")
-    runs = expand_grid(preset, "cpu")
+    runs = expand_grid(preset, budget)
     students = [r for r in runs if r.kind == "student"]
     teacher = next(r for r in runs if r.kind == "teacher")
-    assert len(students) == 9
+    assert len(students) == {"cpu": 9, "gpu": 10}[budget]  # the gpu budget adds the 100% control
     for run in students:  # the budget's student layer overrides the student spec's RMSprop
         assert run.config["train"]["optimizer"]["name"] == "adam"
         assert run.config["train"]["optimizer"]["lr"] == pytest.approx(3e-3)
         assert run.config["train"]["scheduler"] == {"name": "cosine", "min_lr": pytest.approx(1e-5)}
     assert teacher.config["train"]["optimizer"]["name"] == "adamw"
     assert teacher.config["train"]["optimizer"]["lr"] == pytest.approx(1e-3)
-    assert any("RMSprop" in cut for cut in preset.budgets["cpu"].cuts)  # the deviation is said in the report
+    assert any("RMSprop" in cut for cut in preset.budgets[budget].cuts)  # the deviation is said in the report
 
 
 def test_paper_a_cpu_budget_trains_the_unet_stand_in_on_every_source_volume() -> None:
