@@ -105,6 +105,8 @@ class SimulateSitesConfig(_Strict):
 
     k: int = Field(4, ge=2, description="number of simulated sites")
     seed: int = Field(0, description="seed of the site profiles and of the case assignment")
+    in_plane: bool = Field(True, description="resolution and blur on the first two axes only, so the slices of a "
+                                             "stack are never mixed (cine MR, 2D studies); false for isotropic 3D")
 
 
 class AugmentConfig(_Strict):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from medkd.config import SplitConfig
-from medkd.data.formats import read_dataset
+from medkd.data.formats import read_dataset, read_image
 from medkd.data.nifti_io import write_nifti
 from medkd.data.pipeline import load_case
 from medkd.data.protocols import (
@@ -166,6 +166,27 @@ def test_simulated_sites_record_profiles_and_change_images_deterministically(tmp
     np.testing.assert_array_equal(only_second[0], img1[1])
     again = simulate_sites(index, k=3, seed=7)
     assert again.meta == sim.meta and [c.site for c in again.cases] == [c.site for c in sim.cases]
+    assert record["in_plane"] is True and record["physical_spacing"] is True
+
+
+def test_simulated_sites_keep_the_slices_of_a_stack_apart(tmp_path):
+    """A site's blur and resolution act in-plane: changing one slice of a case never changes another."""
+    root = _dataset(tmp_path / "ds", patients=3, frames=1)
+    index = read_dataset(root)
+    case = index.cases[0]
+    image, affine = read_image(case.image_files[0])
+    flipped = image.copy()
+    flipped[..., 0] = image[::-1, :, 0]  # the same values: the volume's intensity range is unchanged
+    loads = {}
+    for in_plane in (True, False):
+        sim = simulate_sites(index, k=3, seed=0, in_plane=in_plane)
+        for name, array in (("original", image), ("flipped", flipped)):
+            write_nifti(case.image_files[0], array, affine=affine)
+            loads[in_plane, name] = load_case(sim.case(case.case_id), [0], index=sim)[0][0]
+    for in_plane in (True, False):
+        before, after = loads[in_plane, "original"], loads[in_plane, "flipped"]
+        assert not np.allclose(before[..., 0], after[..., 0])
+        assert np.array_equal(before[..., 1:], after[..., 1:]) is in_plane
 
 
 def test_simulated_sites_refuse_a_multisite_dataset(multisite):

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from medkd.data.sites import SiteProfile, apply_site, make_site_profiles, random_bias_field
+from medkd.data.sites import SiteProfile, apply_site, axis_scales, make_site_profiles, random_bias_field
 from medkd.errors import ConfigError
 
 
@@ -122,3 +122,45 @@ def test_singleton_axis_is_left_alone():
 def test_shared_bias_shape_checked():
     with pytest.raises(ConfigError, match="bias field shape"):
         apply_site(np.zeros((8, 8)), SiteProfile("x"), np.random.default_rng(0), bias=np.ones((4, 4)))
+
+
+STACK_EFFECTS = SiteProfile("stack", bias_strength=0.0, blur_sigma=1.0, resolution=1.8, noise_std=0.0)
+
+
+def _slice_leak(**kwargs) -> float:
+    """How much output slice 2 of a (32, 32, 5) stack moves when only input slice 3 changes."""
+    stack = np.stack([_ramp((32, 32)) * (1 + z) for z in range(5)], axis=-1)
+    changed = stack.copy()
+    changed[..., 3] = 0.0
+    a = apply_site(stack, STACK_EFFECTS, np.random.default_rng(0), value_range=(0, 5), **kwargs)
+    b = apply_site(changed, STACK_EFFECTS, np.random.default_rng(0), value_range=(0, 5), **kwargs)
+    return float(np.abs(a[..., 2] - b[..., 2]).max())
+
+
+def test_isotropic_volume_is_degraded_along_every_axis():
+    assert _slice_leak() > 0.1  # no spacing, not in-plane: the third axis is blurred / resampled like the others
+
+
+def test_in_plane_never_mixes_slices_and_matches_each_slice_alone():
+    assert _slice_leak(in_plane=True) == 0.0
+    stack = np.stack([_ramp((32, 32)) * (1 + z) for z in range(3)], axis=-1)
+    out = apply_site(stack, STACK_EFFECTS, np.random.default_rng(0), value_range=(0, 3), in_plane=True)
+    alone = apply_site(stack[..., 1], STACK_EFFECTS, np.random.default_rng(0), value_range=(0, 3))
+    np.testing.assert_allclose(out[..., 1], alone, atol=1e-5)
+
+
+def test_a_coarse_slice_spacing_keeps_the_slices_apart():
+    # 1.5 mm in-plane, 10 mm between slices: the site's 1.8 x 1.5 = 2.7 mm voxel is finer than the slice gap
+    assert _slice_leak(spacing=(1.5, 1.5, 10.0)) < 1e-6
+    assert _slice_leak(spacing=(1.0, 1.0, 1.0)) > 0.1
+
+
+def test_axis_scales():
+    assert axis_scales((8, 8, 4), None) == [1.0, 1.0, 1.0]
+    assert axis_scales((8, 8, 4), None, in_plane=True) == [1.0, 1.0, 0.0]
+    assert axis_scales((8, 8, 1), (1.0, 1.0, 5.0)) == [1.0, 1.0, 0.0]
+    assert axis_scales((8, 8, 4), (0.5, 1.0, 2.0)) == [1.0, 0.5, 0.25]
+    with pytest.raises(ConfigError, match="spacing"):
+        axis_scales((8, 8, 4), (1.0, 1.0))
+    with pytest.raises(ConfigError, match="spacing"):
+        axis_scales((8, 8, 4), (1.0, 0.0, 1.0))

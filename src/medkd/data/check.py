@@ -36,6 +36,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from medkd.data.formats import Case, DatasetIndex, read_dataset, read_image, with_label_map
+from medkd.data.nifti_io import spacing_from_affine
 from medkd.errors import DataError
 from medkd.io import atomic_write_json
 
@@ -119,10 +120,6 @@ class CheckReport:
 
 def _range(a: float, b: float, fmt: str) -> str:
     return f"{a:{fmt}}" if a == b else f"{a:{fmt}}-{b:{fmt}}"
-
-
-def _spacing(affine: np.ndarray) -> tuple[float, ...]:
-    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
 
 
 def _read(path: Path, problems: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -259,7 +256,7 @@ def check_case(index: DatasetIndex, case: Case, image_only: bool = False) -> tup
     if image is None:
         return {}, problems
     shape, affine, dtype = image
-    facts: dict[str, Any] = {"shape": shape, "spacing": _spacing(affine), "dtype": dtype}
+    facts: dict[str, Any] = {"shape": shape, "spacing": tuple(spacing_from_affine(affine)), "dtype": dtype}
     if not image_only:
         facts.update(_check_label(index, case, image, problems))
     return facts, problems

@@ -73,7 +73,8 @@ def open_dataset(data: DataConfig, root: str | None = None) -> DatasetIndex:
     index = read_dataset(root or data.root, data.format)
     index = with_label_map(index, data.label_map)
     if data.simulate_sites is not None:
-        index = simulate_sites(index, data.simulate_sites.k, data.simulate_sites.seed, data.split.group_pattern)
+        sim = data.simulate_sites
+        index = simulate_sites(index, sim.k, sim.seed, data.split.group_pattern, in_plane=sim.in_plane)
     return index
 
 

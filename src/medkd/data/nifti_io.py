@@ -26,7 +26,7 @@ from nibabel.filebasedimages import ImageFileError
 from medkd.errors import DataError
 from medkd.io import file_mode
 
-__all__ = ["NIFTI_SUFFIXES", "make_affine", "read_nifti", "write_nifti"]
+__all__ = ["NIFTI_SUFFIXES", "make_affine", "read_nifti", "spacing_from_affine", "write_nifti"]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -37,6 +37,11 @@ def _suffix(path: Path) -> str:
         if name.endswith(suffix):
             return suffix
     raise DataError(f"{path}: not a NIfTI file name (expected one of {', '.join(NIFTI_SUFFIXES)})")
+
+
+def spacing_from_affine(affine: np.ndarray) -> list[float]:
+    """Voxel size per array axis (the first three) from a 4x4 voxel-to-world affine."""
+    return [float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)]
 
 
 def make_affine(spacing: Sequence[float] = (1.0, 1.0, 1.0), shape: Sequence[int] | None = None) -> np.ndarray:

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from medkd.config import DataConfig
 from medkd.data.formats import Case, DatasetIndex, read_image
+from medkd.data.nifti_io import spacing_from_affine
 from medkd.data.preprocess import GridRecord, add_neighbour_slices, apply_spatial, clip_percentiles
 from medkd.data.protocols import apply_simulated_site
 from medkd.errors import DataError
@@ -173,7 +174,9 @@ def load_case(case: Case, channels: Sequence[int], labels: dict[str, int] | None
     if not np.isfinite(image).all():
         raise DataError(f"{case.image_files[0]}: image contains NaN or Inf voxels")
     if index is not None and index.meta.get("simulated_sites") and case.site is not None:
-        image = apply_simulated_site(index, case, image, channels)
+        spatial = image.shape[1:]
+        spacing = spacing_from_affine(affine)[: len(spatial)] if len(spatial) <= 3 else None
+        image = apply_simulated_site(index, case, image, channels, spacing=spacing)
     label = None
     if case.label_file is not None and labels is not None:
         raw, _ = read_image(case.label_file)

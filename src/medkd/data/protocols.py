@@ -11,8 +11,10 @@
   one real dataset to ``k`` sites (seeded, balanced: site sizes differ by at most one group) and records each
   site's :class:`~medkd.data.sites.SiteProfile` in ``index.meta["simulated_sites"]``; every load of a case
   applies its site's profile (:func:`apply_simulated_site`), with per-case randomness fixed by the seed and
-  the case id, so train, validation and evaluation see the same image. Results on such data are *simulated*
-  sites, never the seed's multi-site result.
+  the case id, so train, validation and evaluation see the same image. Resolution and blur act in physical
+  units (the case's voxel spacing) and, with ``in_plane`` (the default, recorded), on the first two axes only:
+  the slices of a stack such as ACDC's (10 mm apart, acquired one by one) are never mixed. Results on such data
+  are *simulated* sites, never the seed's multi-site result.
 
 The experiment runner expands a protocol into runs by setting ``data.split.fold = 0..k-1`` or
 ``data.split.test_sites = [site]`` for each element of :func:`fold_splits` / :func:`site_splits`.
@@ -78,7 +80,8 @@ def assign_sites(case_ids: list[str], k: int, seed: int = 0, group_pattern: str 
     return out
 
 
-def simulate_sites(index: DatasetIndex, k: int, seed: int = 0, group_pattern: str | None = None) -> DatasetIndex:
+def simulate_sites(index: DatasetIndex, k: int, seed: int = 0, group_pattern: str | None = None,
+                   in_plane: bool = True) -> DatasetIndex:
     """A copy of ``index`` whose cases belong to ``k`` simulated sites (see the module docstring).
 
     ``index.meta["simulated_sites"]`` records ``k``, ``seed``, the profiles and the number of cases per site.
@@ -94,16 +97,20 @@ def simulate_sites(index: DatasetIndex, k: int, seed: int = 0, group_pattern: st
     cases = [replace(c, site=assignment[c.case_id]) for c in index.cases]
     counts = {p.name: sum(1 for s in assignment.values() if s == p.name) for p in profiles}
     record = {"k": int(k), "seed": int(seed), "simulated": True, "group_pattern": group_pattern,
+              "in_plane": bool(in_plane), "physical_spacing": True,
               "profiles": [p.to_dict() for p in profiles], "cases_per_site": counts}
     return replace(index, cases=cases, meta={**index.meta, "simulated_sites": record})
 
 
-def apply_simulated_site(index: DatasetIndex, case: Case, image: np.ndarray, channels: list[int] | tuple[int, ...]
-                         ) -> np.ndarray:
+def apply_simulated_site(index: DatasetIndex, case: Case, image: np.ndarray, channels: list[int] | tuple[int, ...],
+                         spacing: list[float] | None = None) -> np.ndarray:
     """Apply the case's simulated-site profile to its (C, *spatial) image (held channels ``channels``).
 
     Deterministic per case and per dataset channel: the bias field is drawn from (seed, case id) and shared
     by the channels; the noise of channel ``ch`` from (seed, case id, ch), whichever channels are loaded.
+    ``spacing`` (one voxel size per spatial axis) makes resolution and blur physical
+    (:func:`medkd.data.sites.apply_site`) when the record says ``physical_spacing``; the record's ``in_plane``
+    keeps them on the first two axes (records made before either key existed: neither, as then).
     """
     record = index.meta["simulated_sites"]
     profiles = {p["name"]: p for p in record["profiles"]}
@@ -116,5 +123,7 @@ def apply_simulated_site(index: DatasetIndex, case: Case, image: np.ndarray, cha
     bias = random_bias_field(spatial, profile, np.random.default_rng([seed, key, 0]))
     out = np.empty_like(image, dtype=np.float32)
     for pos, ch in enumerate(channels):
-        out[pos] = apply_site(image[pos], profile, np.random.default_rng([seed, key, 1 + int(ch)]), bias=bias)
+        out[pos] = apply_site(image[pos], profile, np.random.default_rng([seed, key, 1 + int(ch)]), bias=bias,
+                              spacing=spacing if record.get("physical_spacing") else None,
+                              in_plane=bool(record.get("in_plane", False)))
     return out

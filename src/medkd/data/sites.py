@@ -18,7 +18,12 @@ The steps, in the order a scanner would cause them (intensities first mapped to 
    ``sqrt((u + n1)^2 + n2^2)``, the default) or ``"gaussian"`` (``u + n1``);
 6. scanner scaling ``contrast * u + offset``.
 
-Only axes longer than one voxel are blurred / resampled, so an (H, W, 1) slice stays 2D.
+Only axes longer than one voxel are blurred / resampled, so an (H, W, 1) slice stays 2D. ``resolution`` and
+``blur_sigma`` are in units of the image's finest voxel; given the voxel ``spacing``, each axis gets them in its own
+voxels (``sigma * finest / spacing``, resolution ``max(1, resolution * finest / spacing)``), so an axis already
+coarser than the site's acquisition voxel, such as the 10 mm slice axis of a cine MR stack acquired slice by slice,
+is neither blurred nor resampled: its slices are never mixed. ``in_plane=True`` does the same for every axis after
+the first two whatever the spacing says (a stack whose spacing was lost, such as ``../shared``'s ACDC at 1 mm).
 
 Example:
     >>> import numpy as np
@@ -39,7 +44,7 @@ from scipy import ndimage
 
 from medkd.errors import ConfigError
 
-__all__ = ["NOISE_TYPES", "SiteProfile", "apply_site", "make_site_profiles", "random_bias_field"]
+__all__ = ["NOISE_TYPES", "SiteProfile", "apply_site", "axis_scales", "make_site_profiles", "random_bias_field"]
 
 NOISE_TYPES = ("rician", "gaussian")
 
@@ -184,11 +189,29 @@ def random_bias_field(shape: Sequence[int], profile: SiteProfile, rng: np.random
     return np.exp(profile.bias_strength * field)
 
 
-def _degrade_resolution(u: np.ndarray, factor: float, axes: list[int]) -> np.ndarray:
-    low_shape = [max(2, int(round(n / factor))) if ax in axes else n for ax, n in enumerate(u.shape)]
-    sigma = [0.5 * math.sqrt(max(factor**2 - 1.0, 0.0)) if ax in axes else 0.0 for ax in range(u.ndim)]
+def _degrade_resolution(u: np.ndarray, factors: Sequence[float]) -> np.ndarray:
+    """Area-averaging blur and linear resampling to ``1 / factor`` of each axis, then back (factor 1: untouched)."""
+    low_shape = [max(2, int(round(n / f))) if f > 1.0 else n for n, f in zip(u.shape, factors)]
+    sigma = [0.5 * math.sqrt(max(f**2 - 1.0, 0.0)) for f in factors]
     low = _resize(ndimage.gaussian_filter(u, sigma), low_shape, order=1)
     return _resize(low, u.shape, order=1)
+
+
+def axis_scales(shape: Sequence[int], spacing: Sequence[float] | None, in_plane: bool = False) -> list[float]:
+    """Each axis's finest voxel size over its own (1 for an isotropic grid; 0 for an axis left untouched).
+
+    Axes of one voxel are left untouched, and with ``in_plane`` every axis after the first two.
+
+    Raises:
+        ConfigError: ``spacing`` does not give one positive size per axis.
+    """
+    axes = [ax for ax in _spatial_axes(shape) if ax < 2 or not in_plane]
+    if spacing is None:
+        return [1.0 if ax in axes else 0.0 for ax in range(len(shape))]
+    if len(spacing) != len(shape) or any(not (float(s) > 0) for s in spacing):
+        raise ConfigError(f"simulated site: spacing {tuple(spacing)} does not fit an image of shape {tuple(shape)}")
+    finest = min(float(spacing[ax]) for ax in axes) if axes else 1.0
+    return [finest / float(spacing[ax]) if ax in axes else 0.0 for ax in range(len(shape))]
 
 
 def apply_site(
@@ -198,6 +221,8 @@ def apply_site(
     *,
     value_range: tuple[float, float] | None = None,
     bias: np.ndarray | None = None,
+    spacing: Sequence[float] | None = None,
+    in_plane: bool = False,
 ) -> np.ndarray:
     """Apply a site's acquisition effects to one image.
 
@@ -208,6 +233,9 @@ def apply_site(
         value_range: intensities mapped to ``[0, 1]`` before the effects; default: the image's minimum and 99.5th
             percentile (values outside the range are kept; gamma is applied as ``sign(u) * |u| ** gamma``).
         bias: a precomputed field from :func:`random_bias_field` (share one between the channels of a case).
+        spacing: the voxel size of each axis (any unit); resolution and blur then act in physical units (see the
+            module docstring). None: every axis counts as the finest.
+        in_plane: resolution and blur on the first two axes only.
 
     Returns:
         The transformed image, float32, same shape and units as ``image``.
@@ -219,7 +247,7 @@ def apply_site(
         lo, hi = (float(v) for v in value_range)
     scale = hi - lo if hi > lo else 1.0
     u = (x - lo) / scale
-    axes = _spatial_axes(u.shape)
+    scales = axis_scales(u.shape, spacing, in_plane)
 
     if profile.gamma != 1.0:
         u = np.sign(u) * np.abs(u) ** profile.gamma  # odd extension: values below value_range stay ordered
@@ -228,10 +256,11 @@ def apply_site(
     elif bias.shape != u.shape:
         raise ConfigError(f"site {profile.name!r}: bias field shape {bias.shape} != image shape {u.shape}")
     u = u * bias
-    if profile.resolution > 1.0:
-        u = _degrade_resolution(u, profile.resolution, axes)
+    factors = [max(1.0, profile.resolution * k) for k in scales]
+    if any(f > 1.0 for f in factors):
+        u = _degrade_resolution(u, factors)
     if profile.blur_sigma > 0:
-        u = ndimage.gaussian_filter(u, [profile.blur_sigma if ax in axes else 0.0 for ax in range(u.ndim)])
+        u = ndimage.gaussian_filter(u, [profile.blur_sigma * k for k in scales])
     if profile.noise_std > 0:
         n1 = rng.standard_normal(u.shape) * profile.noise_std
         if profile.noise_type == "rician":

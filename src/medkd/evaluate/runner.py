@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from medkd.data.loader import open_dataset
-from medkd.data.nifti_io import write_nifti
+from medkd.data.nifti_io import spacing_from_affine, write_nifti
 from medkd.data.pipeline import prepare_cases
 from medkd.errors import MedkdError
 from medkd.evaluate.metrics import HD95, case_metrics, per_case_csv_text, summarize
@@ -27,12 +27,7 @@ from medkd.evaluate.saved_predictions import panel_cases, save_panel_prediction
 from medkd.inference import predict_volume, predicted_classes
 from medkd.run import RunFolder
 
-__all__ = ["evaluate_run", "evaluation_dir", "spacing_from_affine"]
-
-
-def spacing_from_affine(affine: np.ndarray) -> list[float]:
-    """Voxel size per array axis from a 4x4 affine."""
-    return [float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)]
+__all__ = ["evaluate_run", "evaluation_dir"]
 
 
 def evaluation_dir(run_dir: Path, split: str) -> Path:
