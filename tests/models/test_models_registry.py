@@ -13,15 +13,15 @@ from medkd.models import create_model, list_models, model_info, register_model, 
 from medkd.models.registry import MODEL_REGISTRY
 
 STUDENTS = ["enet", "erfnet", "espnet", "unet3d_small", "unet_s1", "unet_s2"]
-TEACHERS = ["deeplabv3plus", "kdnet3d", "multitask_transunet", "multitask_unet", "unetplusplus"]
+TEACHERS = ["deeplabv3plus", "kdnet3d", "multitask_transunet", "multitask_unet", "unet", "unetplusplus"]
 
 
 def test_list_models_patterns_roles_dims():
     assert list_models() == sorted(STUDENTS + TEACHERS)
     assert list_models(role="student") == STUDENTS
     assert list_models(role="teacher") == TEACHERS
-    assert list_models("unet*") == ["unet3d_small", "unet_s1", "unet_s2", "unetplusplus"]
-    assert list_models("*UNET*", role="teacher") == ["multitask_transunet", "multitask_unet", "unetplusplus"]
+    assert list_models("unet*") == ["unet", "unet3d_small", "unet_s1", "unet_s2", "unetplusplus"]
+    assert list_models("*UNET*", role="teacher") == ["multitask_transunet", "multitask_unet", "unet", "unetplusplus"]
     assert list_models(spatial_dims=3) == ["kdnet3d", "unet3d_small"]
     monai = list_models("monai.*")
     assert "monai.UNet" in monai and "monai.DynUNet" in monai and "enet" not in monai

@@ -27,6 +27,7 @@ ZOO_CASES: dict[str, tuple[int, dict[str, Any], int]] = {
     "erfnet": (2, {}, 32),
     "unet_s1": (2, {}, 32),
     "unet_s2": (2, {}, 32),
+    "unet": (2, {"widths": (8, 16, 32)}, 32),
     "unet3d_small": (3, {}, 16),
     "unetplusplus": (2, {}, 32),
     "deeplabv3plus": (2, {}, 32),
@@ -155,6 +156,17 @@ def test_exact_parameter_counts():
     assert _params("kdnet3d", 4, 4) == 16_572_420
     assert _params("kdnet3d", 4, 4, skips=0) == 14_222_340
     assert _params("unet3d_small") == 1_401_986
+    assert _params("unet") == 31_042_434
+
+
+def test_plain_unet_is_the_multitask_teacher_without_its_reconstruction_decoder():
+    widths = (16, 32, 64, 128, 256)
+    plain = create_model("unet", 1, 4, widths=widths)
+    multitask = create_model("multitask_unet", 1, 4, widths=widths)
+    rec = sum(count_parameters(m) for m in (multitask.rec_decoder, multitask.rec_head))
+    assert count_parameters(plain) == count_parameters(multitask) - rec == 1_943_812
+    assert [n for n, _ in plain.named_parameters()] == [
+        n for n, _ in multitask.named_parameters() if not n.startswith(("rec_decoder", "rec_head"))]
 
 
 def test_thesis_students_within_two_percent():

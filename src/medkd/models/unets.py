@@ -6,6 +6,9 @@
   57,297 parameters for 3 inputs and 1 output, exactly the thesis' count (Table 4.2: 0.057 M).
 * ``unet_s2`` — thesis B's S2 "U-Net": the same layout at twice the width (32, 64, 128): 227,233
   parameters for 3 inputs and 1 output (thesis: 0.227 M).
+* ``unet`` — a plain 2D U-Net teacher (Ronneberger et al. 2015, with BatchNorm): widths 64..1024, two 3x3
+  convolutions + BatchNorm + ReLU per block, max pooling, transposed-convolution upsampling, concatenated skips:
+  thesis B's teacher T1 without its reconstruction decoder (31.0 M at 1 in / 4 out); ``widths`` slims it.
 * ``unet3d_small`` — a small 3D U-Net student: widths 16, 32, 64, 128, two 3x3x3 convolutions +
   InstanceNorm + LeakyReLU per block, transposed-convolution upsampling (1,401,986 parameters at 1 in / 2 out).
 * ``unetplusplus`` — UNet++ (Zhou et al. 2018) as MONAI's ``BasicUNetPlusPlus`` with features
@@ -289,6 +292,17 @@ def unet_s1(in_channels: int, num_classes: int) -> UNet:
 def unet_s2(in_channels: int, num_classes: int) -> UNet:
     """Thesis B's student S2 (see module docstring)."""
     return UNet(in_channels, num_classes, 2, (32, 64, 128), convs=1, norm="batch", act="relu", name="unet_s2")
+
+
+@register_model(
+    "unet",
+    role="teacher",
+    spatial_dims=(2,),
+    description="plain 2D U-Net: widths 64..1024, 2 convs + BatchNorm + ReLU per block (T1 without reconstruction)",
+)
+def unet(in_channels: int, num_classes: int, widths: Sequence[int] = (64, 128, 256, 512, 1024)) -> UNet:
+    """A plain 2D U-Net teacher (see module docstring)."""
+    return UNet(in_channels, num_classes, 2, widths, convs=2, norm="batch", act="relu", name="unet")
 
 
 @register_model(
