@@ -13,7 +13,7 @@
   applies its site's profile (:func:`apply_simulated_site`), with per-case randomness fixed by the seed and
   the case id, so train, validation and evaluation see the same image. Resolution and blur act in physical
   units (the case's voxel spacing) and, with ``in_plane`` (the default, recorded), on the first two axes only:
-  the slices of a stack such as ACDC's (10 mm apart, acquired one by one) are never mixed. Results on such data
+  the slices of a stack such as ACDC's (5-10 mm apart, acquired one by one) are never mixed. Results on such data
   are *simulated* sites, never the seed's multi-site result.
 
 The experiment runner expands a protocol into runs by setting ``data.split.fold = 0..k-1`` or
