@@ -174,8 +174,7 @@ def load_case(case: Case, channels: Sequence[int], labels: dict[str, int] | None
     if not np.isfinite(image).all():
         raise DataError(f"{case.image_files[0]}: image contains NaN or Inf voxels")
     if index is not None and index.meta.get("simulated_sites") and case.site is not None:
-        spatial = image.shape[1:]
-        spacing = spacing_from_affine(affine)[: len(spatial)] if len(spatial) <= 3 else None
+        spacing = spacing_from_affine(affine)[: image.ndim - 1]
         image = apply_simulated_site(index, case, image, channels, spacing=spacing)
     label = None
     if case.label_file is not None and labels is not None:

@@ -97,8 +97,7 @@ def simulate_sites(index: DatasetIndex, k: int, seed: int = 0, group_pattern: st
     cases = [replace(c, site=assignment[c.case_id]) for c in index.cases]
     counts = {p.name: sum(1 for s in assignment.values() if s == p.name) for p in profiles}
     record = {"k": int(k), "seed": int(seed), "simulated": True, "group_pattern": group_pattern,
-              "in_plane": bool(in_plane), "physical_spacing": True,
-              "profiles": [p.to_dict() for p in profiles], "cases_per_site": counts}
+              "in_plane": bool(in_plane), "profiles": [p.to_dict() for p in profiles], "cases_per_site": counts}
     return replace(index, cases=cases, meta={**index.meta, "simulated_sites": record})
 
 
@@ -109,8 +108,7 @@ def apply_simulated_site(index: DatasetIndex, case: Case, image: np.ndarray, cha
     Deterministic per case and per dataset channel: the bias field is drawn from (seed, case id) and shared
     by the channels; the noise of channel ``ch`` from (seed, case id, ch), whichever channels are loaded.
     ``spacing`` (one voxel size per spatial axis) makes resolution and blur physical
-    (:func:`medkd.data.sites.apply_site`) when the record says ``physical_spacing``; the record's ``in_plane``
-    keeps them on the first two axes (records made before either key existed: neither, as then).
+    (:func:`medkd.data.sites.apply_site`); the record's ``in_plane`` keeps them on the first two axes.
     """
     record = index.meta["simulated_sites"]
     profiles = {p["name"]: p for p in record["profiles"]}
@@ -124,6 +122,5 @@ def apply_simulated_site(index: DatasetIndex, case: Case, image: np.ndarray, cha
     out = np.empty_like(image, dtype=np.float32)
     for pos, ch in enumerate(channels):
         out[pos] = apply_site(image[pos], profile, np.random.default_rng([seed, key, 1 + int(ch)]), bias=bias,
-                              spacing=spacing if record.get("physical_spacing") else None,
-                              in_plane=bool(record.get("in_plane", False)))
+                              spacing=spacing, in_plane=record["in_plane"])
     return out
