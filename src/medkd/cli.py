@@ -203,7 +203,8 @@ def _print_summary(summary: dict) -> None:
     hd = fg["hd95"]["mean"]
     if hd is not None:
         parts.append(f"HD95 {hd:.2f} mm")
-    typer.echo(f"{summary['run']} [{summary['split']}, {summary['n_cases']} cases]: " + ", ".join(parts))
+    split = summary["split"] + (" without sites" if summary.get("without_sites") else "")
+    typer.echo(f"{summary['run']} [{split}, {summary['n_cases']} cases]: " + ", ".join(parts))
     for name, block in summary["classes"].items():
         d = block["dice"]
         if d["mean"] is not None:
@@ -217,6 +218,9 @@ def evaluate_cmd(
     split: str | None = typer.Option(None, "--split", help="train, val or test (default: the config's)"),
     device: str | None = typer.Option(None, "--device"),
     save_predictions: bool = typer.Option(False, "--save-predictions"),
+    without_sites: bool = typer.Option(False, "--without-sites", help="score the same cases without their "
+                                       "simulated acquisition (runs trained with data.simulate_sites); writes "
+                                       "evaluation/<split>-without-sites/"),
 ) -> None:
     """Per-case and per-class Dice, IoU, precision, recall and HD95 on whole volumes.
 
@@ -227,7 +231,8 @@ def evaluate_cmd(
 
     if split is not None and split not in ("train", "val", "test"):
         raise MedkdError(f"--split {split!r}: must be train, val or test")
-    _print_summary(evaluate_run(run_dir, split, device, save_predictions=save_predictions))
+    _print_summary(evaluate_run(run_dir, split, device, save_predictions=save_predictions,
+                                without_sites=without_sites))
 
 
 @app.command("predict")
