@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,8 @@ def _write(path: Path, preset: dict) -> Path:
 def _paper_a_style() -> dict:
     return {
         "study": "paper_a", "title": "tiny A", "baseline": "baseline", "headline": "full",
-        "base": {"data": {"root": "data2d", "dim": 2, "size": [32, 32], "split": {"val": 0.2}},
+        "base": {"data": {"root": "data2d", "dim": 2, "size": [32, 32], "split": {"val": 0.2},
+                          "simulate_sites": {"k": 2, "seed": 0}},
                  "train": TRAIN, "evaluate": {"batch_size": 8}},
         "protocol": {"kind": "sites", "sites": ["site1", "site2"], "simulated": True},
         "teachers": {"t": {"label": "Teacher", "model": {"name": "monai.BasicUNet",
@@ -41,6 +43,7 @@ def test_paper_a_style_run_skip_resume_report(tmp_path: Path, monkeypatch: pytes
 
     monkeypatch.chdir(tmp_path)
     generate_dataset(tmp_path / "data2d", dim=2, cases=10, sites=2, modalities=1, seed=0, size=(32, 32))
+    (tmp_path / "data2d" / "sites.json").unlink()  # one acquisition: the sites are simulated, as on ACDC
     preset = _write(tmp_path / "a.yaml", _paper_a_style())
     lines: list[str] = []
     index = run_experiment(preset, tmp_path / "exp", "quick", echo=lines.append)
@@ -56,6 +59,9 @@ def test_paper_a_style_run_skip_resume_report(tmp_path: Path, monkeypatch: pytes
     split = json.loads((kd_dir / "split.json").read_text())
     assert split["test"] and all(c in split["test"] for c in split["test"])
     assert json.loads((tmp_path / "exp" / "index.json").read_text())["runs"][0]["status"] == "done"
+    for name in names:  # every run is also scored on its test volumes without the simulated site
+        clean = tmp_path / "exp" / "runs" / name / "evaluation" / "test-without-sites" / "summary.json"
+        assert json.loads(clean.read_text())["without_sites"] is True
 
     # finished runs are skipped; a run without its evaluation is evaluated again, not retrained
     summary = kd_dir / "evaluation" / "summary.json"
@@ -64,12 +70,16 @@ def test_paper_a_style_run_skip_resume_report(tmp_path: Path, monkeypatch: pytes
     ckpt = (base_dir / "checkpoints" / "best.safetensors").stat().st_mtime_ns
     (base_dir / "evaluation" / "summary.json").unlink()
     assert run_status(base_dir) == "trained"
+    clean_t0 = tmp_path / "exp" / "runs" / "sites-site1/teacher-t/seed0" / "evaluation" / "test-without-sites"
+    kept = json.loads((clean_t0 / "summary.json").read_text())
+    shutil.rmtree(clean_t0)  # a finished run without this evaluation gets it on the next invocation
     lines.clear()
     run_experiment(preset, tmp_path / "exp", "quick", echo=lines.append)
     assert sum("finished earlier, skipped" in line for line in lines) == 5
     assert summary.stat().st_mtime_ns == stamp
     assert run_status(base_dir) == "done"
     assert (base_dir / "checkpoints" / "best.safetensors").stat().st_mtime_ns == ckpt
+    assert json.loads((clean_t0 / "summary.json").read_text()) == kept
 
     # dry run prints the grid with statuses
     lines.clear()
@@ -82,6 +92,7 @@ def test_paper_a_style_run_skip_resume_report(tmp_path: Path, monkeypatch: pytes
             "p (volumes, Wilcoxon) | p (seeds, paired t) | 95% CI (bootstrap seeds x volumes) | n |") in text
     assert "sites are SIMULATED" in text and "budget: quick" in text and "site2 not run" in text
     assert "Student w/ KD" in text and "Teacher Teacher" in text
+    assert "## What the unseen site costs" in text and "| Student: full ← Teacher | 2 |" in text
     assert "## Closing note" in text and "## Headline" in text
     assert (tmp_path / "results" / "figures" / "training_curves.png").stat().st_size > 1000
     assert (tmp_path / "results" / "figures" / "qualitative.png").stat().st_size > 1000

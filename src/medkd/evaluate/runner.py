@@ -33,10 +33,12 @@ from medkd.evaluate.saved_predictions import panel_cases, save_panel_prediction
 from medkd.inference import predict_volume, predicted_classes
 from medkd.run import RunFolder
 
-__all__ = ["evaluate_run", "evaluation_dir"]
+__all__ = ["TEST_WITHOUT_SITES", "WITHOUT_SITES_SUFFIX", "evaluate_run", "evaluation_dir"]
 
 
 WITHOUT_SITES_SUFFIX = "-without-sites"
+#: The evaluation name of the test split without its simulated sites (``evaluation/test-without-sites/``).
+TEST_WITHOUT_SITES = "test" + WITHOUT_SITES_SUFFIX
 
 
 def evaluation_dir(run_dir: Path, split: str) -> Path:
@@ -91,7 +93,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, device: str | No
         metrics = case_metrics(pred, values[pc.reference], groups, spacing=spacing_from_affine(pc.affine),
                                hd95=cfg.evaluate.hd95)
         records.append({"case": cid, "site": pc.site, "metrics": metrics})
-        if cid in shown:
+        if cid in shown and not without_sites:
             panel[cid] = labels
         if save_predictions:
             write_nifti(run.prediction_path(name, cid), pred.astype(np.uint8), affine=pc.affine)

@@ -2,8 +2,9 @@
 
 ``OUT/runs/<run name>.json`` holds, per run: the grid entry (kind, cell, seed, model, objective, teacher,
 the run config as the preset expanded it, with relative data paths and the teacher given by run name), the
-test summary and per-case metrics, the epoch history, the training summary, the parameter count and, for
-multi-task teachers, the reconstruction PSNR. A report can be re-rendered from these files alone.
+test summary and per-case metrics, the epoch history, the training summary, the parameter count, for
+multi-task teachers the reconstruction PSNR and, for runs on simulated sites, the test evaluation without them.
+A report can be re-rendered from these files alone.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medkd.evaluate.runner import TEST_WITHOUT_SITES
 from medkd.io import atomic_write_json
 from medkd.run import RunFolder, read_json
 
@@ -36,6 +38,9 @@ class RunRecord:
     train: dict[str, Any] = field(default_factory=dict)
     params: int | None = None
     reconstruction: dict[str, Any] | None = None
+    #: the test cases scored without their simulated sites (``medkd evaluate --without-sites``): the summary and
+    #: the per-case metrics, or None when the run has no such evaluation
+    without_sites: dict[str, Any] | None = None
 
     @property
     def row(self) -> str:
@@ -60,8 +65,15 @@ def read_record(run: RunFolder, entry: dict[str, Any]) -> RunRecord | None:
         model_key=entry["model_key"], objective=entry.get("objective"), teacher_key=entry.get("teacher_key"),
         config=entry["config"], summary=run.evaluation(), per_case=run.per_case(), epochs=run.epoch_metrics(),
         train=run.summary() if run.has_summary() else {}, params=run.parameter_count(),
-        reconstruction=run.reconstruction(),
+        reconstruction=run.reconstruction(), without_sites=_without_sites(run),
     )
+
+
+def _without_sites(run: RunFolder) -> dict[str, Any] | None:
+    """The run's evaluation of the test cases without their simulated sites, when it has one."""
+    if not run.has_evaluation(TEST_WITHOUT_SITES):
+        return None
+    return {"summary": run.evaluation(TEST_WITHOUT_SITES), "per_case": run.per_case(TEST_WITHOUT_SITES)}
 
 
 def collect_runs(folder: Path, out: Path) -> list[RunRecord]:

@@ -7,7 +7,9 @@ Layout of an experiment folder ``OUT``::
     OUT/runs/<run name>/     normal run folders (config.yaml, split.json, checkpoints/, evaluation/ ...)
 
 A run folder with ``evaluation/summary.json`` is finished and skipped; one with ``train_summary.json`` is
-evaluated only; one with a checkpoint resumes training. A failed run is recorded (with its one-line error)
+evaluated only; one with a checkpoint resumes training. A run trained on simulated sites (``data.simulate_sites``)
+is also scored on its test cases without them (``evaluation/test-without-sites/``; added to a finished run that
+lacks it), so the report can say what the unseen site costs each row. A failed run is recorded (with its one-line error)
 and the grid goes on; students of a failed teacher are skipped. Relative data paths are resolved against
 the current directory: run from the project root.
 """
@@ -26,7 +28,7 @@ import torch
 
 from medkd.config import parse_config
 from medkd.errors import MedkdError
-from medkd.evaluate.runner import evaluate_run
+from medkd.evaluate.runner import TEST_WITHOUT_SITES, evaluate_run
 from medkd.experiment.preset import RunSpec, expand_grid, load_preset
 from medkd.experiment.reconstruction import reconstruction_psnr
 from medkd.io import atomic_write_json
@@ -111,8 +113,17 @@ def _execute(spec: RunSpec, run_dir: Path, runs_root: Path, device: str | None) 
         run_dir.mkdir(parents=True, exist_ok=True)
         train(cfg, run_dir, resume=status == "started", device=device)
     evaluate_run(run_dir, "test", device, progress=False)
+    _maybe_without_sites(run_dir, device)
     if spec.kind == "teacher":
         _maybe_reconstruction(run_dir)
+
+
+def _maybe_without_sites(run_dir: Path, device: str | None) -> None:
+    """Score a run trained on simulated sites on its test cases without them, once (what the site costs it)."""
+    run = RunFolder(run_dir)
+    if run.has_evaluation(TEST_WITHOUT_SITES) or run.config().data.simulate_sites is None:
+        return
+    evaluate_run(run_dir, "test", device, progress=False, without_sites=True)
 
 
 def _maybe_reconstruction(run_dir: Path) -> None:
@@ -167,6 +178,7 @@ def run_experiment(preset_path: str | Path, out: str | Path, budget: str = "quic
         run_dir = runs_root / spec.name
         prefix = f"[{k}/{len(runs)}] {spec.name}"
         if run_status(run_dir) == "done":
+            _maybe_without_sites(run_dir, device)
             records[spec.name] = {**records.get(spec.name, {}), "status": "done", "test_dice": _test_dice(run_dir)}
             echo(f"{prefix} ... finished earlier, skipped")
             continue

@@ -40,6 +40,7 @@ from medkd.report.figures import plot_training_curves
 from medkd.report.floors import learning_check, learning_lines
 from medkd.report.layouts import LAYOUTS, comparison
 from medkd.report.qualitative import draw_panel
+from medkd.report.site_shift import site_shift_section
 from medkd.run import RunFolder
 
 __all__ = ["STATISTICS_NOTE", "render_report"]
@@ -257,6 +258,7 @@ def render_report(folder: str | Path, out: str | Path | None = None, note: str |
     for line in _headline_summary(ctx, stats) or ["(headline runs not finished)"]:
         doc.paragraph(line)
     LAYOUTS[index.get("study") or "generic"](doc, ctx, stats)
+    site_shift_section(doc, ctx, stats)
     balance_section(doc, ctx, stats)
     doc.heading("Closing note", 2)
     doc.paragraph(_closing_note(ctx, stats))
