@@ -9,8 +9,8 @@ Layout of an experiment folder ``OUT``::
 A run folder with ``evaluation/summary.json`` is finished and skipped; one with ``train_summary.json`` is
 evaluated only; one with a checkpoint resumes training. A run trained on simulated sites (``data.simulate_sites``)
 is also scored on its test cases without them (``evaluation/test-without-sites/``; added to a finished run that
-lacks it), so the report can say what the unseen site costs each row. A failed run is recorded (with its one-line error)
-and the grid goes on; students of a failed teacher are skipped. Relative data paths are resolved against
+lacks it), so the report can say what the unseen site costs each row. A failed run is recorded (with its one-line
+error) and the grid goes on; students of a failed teacher are skipped. Relative data paths are resolved against
 the current directory: run from the project root.
 """
 
@@ -178,7 +178,10 @@ def run_experiment(preset_path: str | Path, out: str | Path, budget: str = "quic
         run_dir = runs_root / spec.name
         prefix = f"[{k}/{len(runs)}] {spec.name}"
         if run_status(run_dir) == "done":
-            _maybe_without_sites(run_dir, device)
+            try:
+                _maybe_without_sites(run_dir, device)
+            except MedkdError as exc:  # the run stays done; only the evaluation without sites is missing
+                echo(f"{prefix} evaluation without sites failed: {exc}")
             records[spec.name] = {**records.get(spec.name, {}), "status": "done", "test_dice": _test_dice(run_dir)}
             echo(f"{prefix} ... finished earlier, skipped")
             continue
