@@ -29,6 +29,8 @@ import numpy as np
 
 from medkd.evaluate.stats import hierarchical_bootstrap, paired_seed_test, paired_wilcoxon
 
+#: The teachers trained per seed on that seed's labelled patients only (``run.py``'s ``teacher_half-s<seed>``).
+HALF_TEACHER = re.compile(r"^teacher_half-s(?P<seed>\d+)$")
 RUN_NAME = re.compile(r"^(?P<student>.+)-(?P<arm>[a-z0-9_]+)-s(?P<seed>\d+)(?:@(?P<device>[a-z0-9_]+))?$")
 
 
@@ -137,6 +139,8 @@ def build(raw: dict[str, Any], candidates: list[str], arm_order: list[str],
     result: dict[str, Any] = {"teacher": {"test_dice": teacher_dice,
                                           "best_val_dice": teacher["best_val_dice"] if teacher else None},
                               "students": {}, "schedule": raw.get("schedule"), "machine": raw.get("machine")}
+    result["teacher_half"] = {int(m["seed"]): float(np.mean(list(rec["test_dice"].values())))
+                              for name, rec in runs.items() if (m := HALF_TEACHER.match(name))}
     by_student = _arms_by_student(runs)
     choice = choose_recipe({n: r.get("best_val_dice") for n, r in runs.items()}, candidates, sorted(by_student))
     result["recipe_choice"] = choice
@@ -243,6 +247,9 @@ def render(result: dict[str, Any], labels: dict[str, str]) -> str:
     t = result["teacher"]
     lines = [f"Teacher (monai.UNet 16..256, 2 residual units, 1.6 M, 100% of training patients): test Dice "
              f"{_fmt(t['test_dice'])} (best validation {_fmt(t['best_val_dice'])}).", ""]
+    if result.get("teacher_half"):
+        per_seed = ", ".join(f"seed {s} {v:.3f}" for s, v in sorted(result["teacher_half"].items()))
+        lines += [f"The same teacher trained on each seed's labelled patients only (50%), test Dice: {per_seed}.", ""]
     choice = result.get("recipe_choice")
     if choice:
         scores = ", ".join(f"{k} {v:.4f}" for k, v in choice["mean_val_dice"].items())

@@ -70,8 +70,25 @@ def teacher_config(data: Path, epochs: int, threads: int, steps_per_epoch: int |
     return {"name": "teacher", "seed": 0, "model": TEACHER_MODEL, **cfg}
 
 
+def half_teacher_name(seed: int) -> str:
+    return f"teacher_half-s{seed}"
+
+
+def half_teacher_config(data: Path, epochs: int, threads: int, seed: int, steps_per_epoch: int | None = None
+                        ) -> dict[str, Any]:
+    """The benchmark's teacher trained on the labelled patients of seed ``seed``'s students only (the same seeded
+    50% draw: ``data.train_fraction`` and ``seed`` fix it)."""
+    cfg = teacher_config(data, epochs, threads, steps_per_epoch)
+    cfg["data"]["train_fraction"] = 0.5
+    return {**cfg, "name": half_teacher_name(seed), "seed": seed}
+
+
 def run_config(arm: Arm, student: str, seed: int, args: argparse.Namespace, teacher: dict[str, Any]
                ) -> dict[str, Any]:
+    """One run's config; ``teacher`` is the ``distill.teacher`` section of arms distilling from the benchmark's
+    teacher (an arm on the labelled half's teacher gets that seed's ``teacher_half`` run instead)."""
+    if arm.teacher == "labelled":
+        teacher = {"run": str(_run_dir(args.work.resolve(), half_teacher_name(seed)))}
     epochs = args.epochs * arm.epochs_factor
     cfg = merge({"name": f"{student}-{arm.name}-s{seed}", "seed": seed, "model": {"name": student}},
                  base_config(args.data, epochs, args.threads, args.steps_per_epoch), arm.overrides)
@@ -86,7 +103,7 @@ class Job:
     name: str
     config: dict[str, Any]
     priority: int
-    needs_teacher: bool
+    teacher: str | None  # the job whose run this one distils from (None: none, or the fixture)
     proc: subprocess.Popen | None = None
     started: float | None = None
     finished: float | None = None
@@ -114,8 +131,9 @@ def _launch(job: Job, work: Path, device: str) -> None:
 def _expected_seconds(jobs: list[Job], job: Job, default: float) -> float:
     """How long ``job`` takes here: the slowest finished run of the same student (else of any student), per epoch,
     times ``job``'s epochs, x 1.1; ``default`` until a run has finished."""
-    done = [j for j in jobs if j.status == "done" and j.name != "teacher" and j.finished]
-    same = [j for j in done if j.name.split("-")[0] == job.name.split("-")[0]] or done
+    done = [j for j in jobs if j.status == "done" and j.finished]
+    same = ([j for j in done if j.name.split("-")[0] == job.name.split("-")[0]]
+            or [j for j in done if not j.name.startswith("teacher")])
     if not same:
         return default
     per_epoch = max((j.finished - j.started) / j.config["train"]["epochs"] for j in same)
@@ -143,19 +161,34 @@ def _choose_recipe(work: Path, students: list[str], seeds: int) -> str | None:
     return choice["chosen"]
 
 
+def _teacher_job(arm: Arm, seed: int, args: argparse.Namespace) -> str | None:
+    """The job an arm's run of ``seed`` waits for: its seed's half teacher, the benchmark's teacher, or none."""
+    if "distill" not in arm.overrides:
+        return None
+    if arm.teacher == "labelled":
+        return half_teacher_name(seed)
+    return None if args.teacher_fixture is not None else "teacher"
+
+
 def plan(args: argparse.Namespace, teacher: dict[str, Any]) -> list[Job]:
+    """Every run of the grid (``--only``: the matching runs and the teachers they need)."""
     jobs = []
     if args.teacher_fixture is None:
         teacher_cfg = teacher_config(args.data, args.teacher_epochs, args.threads, args.steps_per_epoch)
-        jobs.append(Job("teacher", teacher_cfg, -1, False))
+        jobs.append(Job("teacher", teacher_cfg, -1, None))
     for arm in ARMS:
         seeds = args.headline_seeds if arm.name in BASELINES else args.seeds
         for student in args.students:
             for seed in range(seeds):
                 jobs.append(Job(f"{student}-{arm.name}-s{seed}", run_config(arm, student, seed, args, teacher),
-                                arm.priority, "distill" in arm.overrides))
+                                arm.priority, _teacher_job(arm, seed, args)))
+    halves = sorted({j.teacher for j in jobs if j.teacher and j.teacher != "teacher"})
+    jobs += [Job(name, half_teacher_config(args.data, args.teacher_epochs, args.threads, int(name.split("-s")[-1]),
+                                           args.steps_per_epoch), -1, None) for name in halves]
     if args.only:
-        jobs = [j for j in jobs if re.search(args.only, j.name)]
+        kept = [j for j in jobs if re.search(args.only, j.name)]
+        needed = {j.teacher for j in kept}
+        jobs = [j for j in jobs if j in kept or j.name in needed]
     return jobs
 
 
@@ -200,21 +233,19 @@ def schedule(args: argparse.Namespace) -> None:
                 for student in args.students:
                     for seed in range(args.seeds, args.headline_seeds):
                         jobs.append(Job(f"{student}-{arm.name}-s{seed}", run_config(arm, student, seed, args, teacher),
-                                        1, True))
-        teacher_done = args.teacher_fixture is not None or any(j.name == "teacher" and j.status == "done" for j in jobs)
-        teacher_failed = any(j.name == "teacher" and j.status in ("failed", "stopped") for j in jobs)
+                                        1, _teacher_job(arm, seed, args)))
+        status = {j.name: j.status for j in jobs}
         pending = sorted((j for j in jobs if j.status == "pending"), key=lambda j: j.priority)
-        if teacher_failed:
-            for j in pending:
-                if j.needs_teacher:
-                    j.status = "skipped"
+        for j in pending:
+            if j.teacher is not None and status.get(j.teacher, "skipped") in ("failed", "stopped", "skipped"):
+                j.status = "skipped"
         slots = args.parallel - sum(j.status == "running" for j in jobs)
         fits = [j for j in pending if j.status == "pending" and now <= args.deadline
                 and now + _expected_seconds(jobs, j, args.expected_seconds) <= args.hard_deadline]
         for job in fits:
             if slots <= 0:
                 break
-            if teacher_done or not job.needs_teacher:
+            if job.teacher is None or status.get(job.teacher) == "done":
                 _launch(job, work, args.device)
                 slots -= 1
         running = any(j.status == "running" for j in jobs)
@@ -233,7 +264,7 @@ def train_teacher(args: argparse.Namespace) -> None:
     from safetensors.torch import load_file, save_file
 
     work = args.work.resolve()
-    job = Job("teacher", teacher_config(args.data, args.teacher_epochs, args.threads, args.steps_per_epoch), -1, False)
+    job = Job("teacher", teacher_config(args.data, args.teacher_epochs, args.threads, args.steps_per_epoch), -1, None)
     _launch(job, work, args.device)
     if job.proc.wait() != 0:
         raise SystemExit(f"teacher training failed; see {work / 'logs' / 'teacher.log'}")

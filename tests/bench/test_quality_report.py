@@ -164,7 +164,7 @@ def test_every_arm_makes_a_run_config_medkd_accepts(quality, monkeypatch):
     arms, _ = quality
     monkeypatch.syspath_prepend(str(QUALITY))
     run = importlib.import_module("run")
-    args = argparse.Namespace(data=Path("acdc128"), epochs=60, threads=1, steps_per_epoch=None)
+    args = argparse.Namespace(data=Path("acdc128"), work=Path("work"), epochs=60, threads=1, steps_per_epoch=None)
     teacher = {"model": run.TEACHER_MODEL, "checkpoint": "teacher.safetensors"}
     for arm in arms.ARMS:
         cfg = parse_config(run.run_config(arm, "unet_s1", 0, args, teacher))
@@ -179,7 +179,7 @@ def test_a_run_is_expected_to_take_what_runs_of_its_student_took_per_epoch(monke
     run = importlib.import_module("run")
 
     def job(name, epochs, seconds=None):
-        j = run.Job(name, {"train": {"epochs": epochs}}, 1, True)
+        j = run.Job(name, {"train": {"epochs": epochs}}, 1, None)
         if seconds is not None:
             j.status, j.started, j.finished = "done", 100.0, 100.0 + seconds
         return j
@@ -189,6 +189,9 @@ def test_a_run_is_expected_to_take_what_runs_of_its_student_took_per_epoch(monke
     assert run._expected_seconds(jobs, job("enet-rec_cwd-s4", 60), 5) == pytest.approx(1.1 * 2400)
     assert run._expected_seconds(jobs, job("erfnet-alone-s0", 30), 5) == pytest.approx(1.1 * 1200)  # any student
     assert run._expected_seconds(jobs[2:], job("enet-alone-s0", 60), 5) == 5  # the teacher does not count
+    halves = [*jobs, job("teacher_half-s0", 60, 3000)]  # a seed's teacher on the labelled half: as the others took
+    assert run._expected_seconds(halves, job("teacher_half-s1", 60), 5) == pytest.approx(1.1 * 3000)
+    assert run._expected_seconds(halves, job("enet-alone-s0", 60), 5) == pytest.approx(1.1 * 2400)
 
 
 def test_the_parts_table_pairs_the_recipe_with_the_recipe_without_each_part(quality):
@@ -226,3 +229,15 @@ def test_the_driver_describes_its_machine_and_keeps_a_description_already_there(
     (tmp_path / "machine.json").write_text('{"gpu": "NVIDIA H200", "note": "written by gpu.sh"}')
     driver.describe_machine(tmp_path, "cuda", 16, 1)
     assert json.loads((tmp_path / "machine.json").read_text())["note"] == "written by gpu.sh"
+
+
+def test_the_teachers_on_the_labelled_half_are_reported_per_seed_and_not_as_arms(quality):
+    arms, report = quality
+    runs = {f"unet_s1-alone-s{s}": _run(0.70, s) for s in range(2)}
+    runs |= {f"unet_s1-rec_cwd_t50-s{s}": _run(0.72, s) for s in range(2)}
+    runs |= {f"teacher_half-s{s}": _run(0.80, s, cases=2) for s in range(2)}
+    result = report.build({"runs": runs}, [], ["alone", "rec_cwd_t50"])
+    assert result["teacher_half"] == {0: pytest.approx(0.805), 1: pytest.approx(0.807)}
+    assert list(result["students"]) == ["unet_s1"]
+    text = report.render(result, {a.name: a.label for a in arms.ARMS})
+    assert "labelled patients only (50%), test Dice: seed 0 0.805, seed 1 0.807." in text
