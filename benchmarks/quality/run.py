@@ -248,8 +248,7 @@ def schedule(args: argparse.Namespace) -> None:
             if job.teacher is None or status.get(job.teacher) == "done":
                 _launch(job, work, args.device)
                 slots -= 1
-        running = any(j.status == "running" for j in jobs)
-        if not running and not any(j.status == "pending" for j in fits):
+        if not any(j.status == "running" for j in jobs):  # nothing launched or running: nothing can change
             break
         time.sleep(2)
     summary = {j.name: j.status for j in jobs}
