@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,12 +12,8 @@ ACDC = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "acdc"
 
 
 @pytest.fixture(scope="module")
-def run():
-    sys.path.insert(0, str(QUALITY))
-    try:
-        yield importlib.import_module("run")
-    finally:
-        sys.path.remove(str(QUALITY))
+def run(import_quality):
+    return import_quality("run")
 
 
 def _args(tmp_path: Path, only: str | None, fixture: Path | None) -> argparse.Namespace:

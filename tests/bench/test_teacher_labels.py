@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,12 +14,8 @@ COMMITTED = QUALITY / "teacher_labels"
 
 
 @pytest.fixture(scope="module")
-def script():
-    sys.path.insert(0, str(QUALITY))
-    try:
-        yield importlib.import_module("teacher_labels")
-    finally:
-        sys.path.remove(str(QUALITY))
+def script(import_quality):
+    return import_quality("teacher_labels")
 
 
 def test_committed_json_renders_to_the_committed_markdown(script):
