@@ -176,15 +176,18 @@ def plan(args: argparse.Namespace, teacher: dict[str, Any]) -> list[Job]:
     if args.teacher_fixture is None:
         teacher_cfg = teacher_config(args.data, args.teacher_epochs, args.threads, args.steps_per_epoch)
         jobs.append(Job("teacher", teacher_cfg, -1, None))
+    half_seeds: set[int] = set()
     for arm in ARMS:
         seeds = args.headline_seeds if arm.name in BASELINES else args.seeds
+        if arm.teacher == "labelled" and "distill" in arm.overrides:
+            half_seeds.update(range(seeds))
         for student in args.students:
             for seed in range(seeds):
                 jobs.append(Job(f"{student}-{arm.name}-s{seed}", run_config(arm, student, seed, args, teacher),
                                 arm.priority, _teacher_job(arm, seed, args)))
-    halves = sorted({j.teacher for j in jobs if j.teacher and j.teacher != "teacher"})
-    jobs += [Job(name, half_teacher_config(args.data, args.teacher_epochs, args.threads, int(name.split("-s")[-1]),
-                                           args.steps_per_epoch), -1, None) for name in halves]
+    jobs += [Job(half_teacher_name(seed), half_teacher_config(args.data, args.teacher_epochs, args.threads, seed,
+                                                              args.steps_per_epoch), -1, None)
+             for seed in sorted(half_seeds)]
     if args.only:
         kept = [j for j in jobs if re.search(args.only, j.name)]
         needed = {j.teacher for j in kept}

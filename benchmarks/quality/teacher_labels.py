@@ -26,38 +26,32 @@ import numpy as np
 import torch
 from run import FIXTURE, TEACHER_MODEL, base_config  # benchmarks/quality/run.py (beside this file)
 
-from medkd.config import parse_config
-from medkd.data.loader import build_bundle
+from medkd.config import ModelConfig, RunConfig, TeacherConfig, parse_config
+from medkd.data.loader import DataBundle, build_bundle
 from medkd.data.nifti_io import spacing_from_affine
 from medkd.data.pipeline import prepare_cases
 from medkd.evaluate.metrics import case_metrics
 from medkd.inference import predict_volume, predicted_classes
 from medkd.io import atomic_write_json, atomic_write_text
 from medkd.measure.machine import machine_info
-from medkd.models import create_model
-from medkd.weights import load_model_weights
+from medkd.teachers import load_teacher
 
 FOREGROUND = {"RV": 1, "MYO": 2, "LV": 3}
 
 
-def student_config(data: Path, seed: int) -> Any:
+def student_config(data: Path, seed: int) -> RunConfig:
     """The benchmark's student set-up for ``seed`` (what fixes its 50% draw of the training patients)."""
     return parse_config({"name": f"draw-s{seed}", "seed": seed, "model": {"name": "unet_s1"},
                          **base_config(data, epochs=1, threads=1)}, source="teacher_labels")
 
 
-def teacher_dice(data: Path, fixture: Path, case_ids: list[str]) -> dict[str, float]:
-    """Mean foreground Dice per volume of the fixture teacher on ``case_ids``."""
-    cfg = student_config(data, 0)
-    bundle = build_bundle(cfg)
-    teacher = create_model(TEACHER_MODEL["name"], in_channels=1, num_classes=4, spatial_dims=2,
-                           **TEACHER_MODEL["kwargs"])
-    load_model_weights(teacher, fixture)
-    teacher.eval()
+def teacher_dice(cfg: RunConfig, bundle: DataBundle, fixture: Path, case_ids: list[str]) -> dict[str, float]:
+    """Mean foreground Dice per volume of the fixture teacher on ``case_ids`` (loaded as the runs load it)."""
+    teacher = load_teacher(TeacherConfig(model=ModelConfig(**TEACHER_MODEL), checkpoint=str(fixture)), 1, 4, 2)
     dice = {}
     for cid in case_ids:
         pc = prepare_cases(bundle.index, [cid], bundle.channels, cfg.data)[0]
-        probs = pc.restore(predict_volume(teacher, pc.image, 2, cfg.data.size, None, 32, 0.25, torch.device("cpu")))
+        probs = pc.restore(predict_volume(teacher, pc.image, 2, cfg.data.size, batch_size=32))
         metrics = case_metrics(predicted_classes(probs), pc.reference, FOREGROUND,
                                spacing=spacing_from_affine(pc.affine))
         dice[cid] = float(np.mean([metrics[c]["dice"] for c in FOREGROUND]))
@@ -70,7 +64,8 @@ def summarize(dice: dict[str, float], seeds: int, data: Path) -> dict[str, Any]:
     for seed in range(seeds):
         bundle = build_bundle(student_config(data, seed))
         labelled = bundle.split["train"]
-        unlabelled = [c for c in bundle.meta["train_pool"] if c not in set(labelled)]
+        labelled_ids = set(labelled)
+        unlabelled = [c for c in bundle.meta["train_pool"] if c not in labelled_ids]
         rows.append({"seed": seed, "n_without_labels": len(unlabelled), "n_with_labels": len(labelled),
                      "without_labels": statistics.mean(dice[c] for c in unlabelled),
                      "with_labels": statistics.mean(dice[c] for c in labelled)})
@@ -105,9 +100,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "teacher_labels")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    bundle = build_bundle(student_config(args.data, 0))
+    cfg = student_config(args.data, 0)
+    bundle = build_bundle(cfg)
     pool, test = bundle.meta["train_pool"], bundle.split["test"]
-    dice = teacher_dice(args.data, args.teacher_fixture, pool + test)
+    dice = teacher_dice(cfg, bundle, args.teacher_fixture, pool + test)
     result = summarize(dice, args.seeds, args.data)
     result["test"] = statistics.mean(dice[c] for c in test)
     result["without_labels_mean"] = statistics.mean(r["without_labels"] for r in result["rows"])

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-QUALITY = Path(__file__).resolve().parents[2] / "benchmarks" / "quality"
 ACDC = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "acdc"
 
 
