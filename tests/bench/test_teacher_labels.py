@@ -43,3 +43,22 @@ def test_committed_rows_follow_from_the_per_volume_dice_and_each_seeds_draw(scri
     test = bundle.split["test"]
     assert set(result["per_volume"]) == set(bundle.meta["train_pool"]) | set(test)
     assert result["test"] == pytest.approx(statistics.mean(result["per_volume"][c] for c in test))
+
+
+def _result_with_half(half: list[dict]) -> dict:
+    return {"machine": "m", "test": 0.86, "without_labels_mean": 0.90, "half_teachers": half,
+            "rows": [{"seed": 0, "without_labels": 0.9, "n_without_labels": 2, "with_labels": 0.9, "n_with_labels": 2}]}
+
+
+def test_render_adds_the_half_teachers_table_only_when_some_were_scored(script):
+    half = [{"seed": 0, "without_labels": 0.83, "n_without_labels": 70, "test": 0.82},
+            {"seed": 2, "without_labels": 0.85, "n_without_labels": 70, "test": 0.84}]
+    text = script.render(_result_with_half(half))
+    assert "| 0 | 0.830 (70) | 0.820 |" in text and "| 2 | 0.850 (70) | 0.840 |" in text
+    assert "Mean over 2 half teacher(s): 0.840 on the volumes without labels, 0.830 on the test split." in text
+    assert "never saw those labels" not in script.render(_result_with_half([]))
+
+
+def test_half_teachers_skips_seeds_whose_teacher_has_not_finished(script, tmp_path):
+    (tmp_path / "runs" / "teacher_half-s0" / "checkpoints").mkdir(parents=True)  # started, no best checkpoint yet
+    assert script.half_teachers(tmp_path, 3, ACDC, None, None) == {}
