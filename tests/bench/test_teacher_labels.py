@@ -62,3 +62,14 @@ def test_render_adds_the_half_teachers_table_only_when_some_were_scored(script):
 def test_half_teachers_skips_seeds_whose_teacher_has_not_finished(script, tmp_path):
     (tmp_path / "runs" / "teacher_half-s0" / "checkpoints").mkdir(parents=True)  # started, no best checkpoint yet
     assert script.half_teachers(tmp_path, 3, ACDC, None, None) == {}
+
+
+@pytest.mark.skipif(not ACDC.is_dir(), reason="needs ../shared/data/acdc (the real ACDC dataset)")
+def test_committed_half_teacher_rows_follow_from_their_per_volume_dice(script):
+    result = json.loads(COMMITTED.with_suffix(".json").read_text())
+    test = script.build_bundle(script.student_config(ACDC, 0)).split["test"]
+    recomputed = script.summarize_half(result["half_teachers_per_volume"], test, ACDC)
+    for mine, committed in zip(recomputed, result["half_teachers"], strict=True):
+        assert mine == pytest.approx(committed)
+    for seed, dice in result["half_teachers_per_volume"].items():  # its seed's volumes without labels + the test split
+        assert set(dice) == set(script.draw(ACDC, int(seed))[1]) | set(test)
