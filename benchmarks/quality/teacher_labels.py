@@ -99,11 +99,13 @@ def half_teachers(work: Path, seeds: int, data: Path, cfg: RunConfig, bundle: Da
     return per_seed
 
 
-def summarize_half(per_seed: dict[str, dict[str, float]], test: list[str], data: Path) -> list[dict[str, Any]]:
-    """Per half teacher: its mean Dice on its seed's volumes without labels and on the test split."""
+def summarize_half(per_seed: dict[str, dict[str, float]], test: list[str]) -> list[dict[str, Any]]:
+    """Per half teacher: its mean Dice on its seed's volumes without labels (the scored volumes outside the test
+    split, as ``half_teachers`` chose them) and on the test split."""
+    test_ids = set(test)
     rows = []
     for seed, dice in per_seed.items():
-        _, unlabelled = draw(data, int(seed))
+        unlabelled = [c for c in dice if c not in test_ids]
         rows.append({"seed": int(seed), "n_without_labels": len(unlabelled),
                      "without_labels": statistics.mean(dice[c] for c in unlabelled),
                      "test": statistics.mean(dice[c] for c in test)})
@@ -169,7 +171,7 @@ def main() -> None:
     result["per_volume"] = dice
     if args.half_teachers:
         half = half_teachers(args.half_teachers, args.seeds, args.data, cfg, bundle)
-        result["half_teachers"] = summarize_half(half, test, args.data)
+        result["half_teachers"] = summarize_half(half, test)
         result["half_teachers_per_volume"] = half
     atomic_write_json(args.out.with_suffix(".json"), result)
     atomic_write_text(args.out.with_suffix(".md"), render(result))

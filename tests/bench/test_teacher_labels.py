@@ -68,7 +68,7 @@ def test_half_teachers_skips_seeds_whose_teacher_has_not_finished(script, tmp_pa
 def test_committed_half_teacher_rows_follow_from_their_per_volume_dice(script):
     result = json.loads(COMMITTED.with_suffix(".json").read_text())
     test = script.build_bundle(script.student_config(ACDC, 0)).split["test"]
-    recomputed = script.summarize_half(result["half_teachers_per_volume"], test, ACDC)
+    recomputed = script.summarize_half(result["half_teachers_per_volume"], test)
     for mine, committed in zip(recomputed, result["half_teachers"], strict=True):
         assert mine == pytest.approx(committed)
     for seed, dice in result["half_teachers_per_volume"].items():  # its seed's volumes without labels + the test split
